@@ -1,0 +1,321 @@
+"""`python -m benchmarks.run`: Bastion against the baseline app, per backend and operation.
+
+For each backend (SQLite, PostgreSQL) both apps are started as uvicorn processes
+on the same freshly migrated databases, and each operation (create, get, list) is
+measured for both under the same concurrency, the two apps back to back so that
+machine drift hits both alike. `--profile` instead runs Bastion in-process under
+cProfile and reports where its time goes (see benchmarks/profiling.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks.environment import (
+    BACKENDS,
+    Backend,
+    Server,
+    backend_databases,
+    bastion_environment,
+    postgres_available,
+    prepare,
+)
+from benchmarks.load import CallFactory, Connection, LoadResult, Target, run_load
+from benchmarks.workload import OPERATIONS, SEED_ROWS, contact_count, create_call
+
+RESULTS = Path(__file__).resolve().parent / "results"
+APPS = ("bastion", "baseline")
+FACTORIES = {
+    "bastion": "bastion.app:app_from_environment",
+    "baseline": "benchmarks.baseline:app_from_environment",
+}
+CLIENT_CPU_WARNING = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    backends: tuple[str, ...]
+    duration: float
+    warmup: float
+    concurrency: int
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    backend: str
+    operation: str
+    rows: int  # contacts in the eu database when the phase started
+    results: dict[str, LoadResult]  # app -> result
+
+    @property
+    def ratio(self) -> float:
+        base = self.results["baseline"].throughput
+        return self.results["bastion"].throughput / base if base else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "operation": self.operation,
+            "table_rows": self.rows,
+            "ratio": round(self.ratio, 3),
+            **{app: result.as_dict() for app, result in self.results.items()},
+        }
+
+
+async def seed(servers: dict[str, Server], headers: dict[str, str], rows: int) -> None:
+    """`rows` contacts through each app (also a first warm-up of each)."""
+    for server in servers.values():
+        target = Target(server.base_url, headers)
+        connections = [Connection(target.host, target.port, 30.0) for _ in range(8)]
+        try:
+            for start in range(0, rows, len(connections)):
+                answers = await asyncio.gather(
+                    *(
+                        connection.request(target.encode(create_call(start + i)))
+                        for i, connection in enumerate(connections)
+                        if start + i < rows
+                    )
+                )
+                for status, body in answers:
+                    if status != 201:
+                        raise RuntimeError(
+                            f"{server.label}: seeding failed with HTTP {status}: {body[:300]!r}"
+                        )
+        finally:
+            for connection in connections:
+                await connection.close()
+
+
+async def measure(target: Target, make_call: CallFactory, options: Options) -> LoadResult:
+    """A warm-up (discarded), then the measured run."""
+    if options.warmup > 0:
+        await run_load(target, make_call, concurrency=options.concurrency, duration=options.warmup)
+    return await run_load(
+        target, make_call, concurrency=options.concurrency, duration=options.duration
+    )
+
+
+def _fmt(value: float, digits: int = 1) -> str:
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def progress(backend: str, operation: str, app: str, result: LoadResult) -> None:
+    note = f", {result.errors} errors" if result.errors else ""
+    print(
+        f"  {backend:<10} {operation:<6} {app:<8} {result.throughput:8.1f} req/s  "
+        f"p50 {_fmt(result.p50_ms):>6} ms  p99 {_fmt(result.p99_ms):>6} ms  "
+        f"client cpu {result.client_cpu:.0%}{note}",
+        flush=True,
+    )
+
+
+async def bench_backend(backend: Backend, options: Options) -> list[Measurement]:
+    env = bastion_environment(backend)
+    token = prepare(env)
+    headers = {"Authorization": f"Bearer {token}"}  # sent to both apps: same request bytes
+    servers = {
+        app: Server(f"{backend.name}-{app}", FACTORIES[app], env, backend.home) for app in APPS
+    }
+    measurements: list[Measurement] = []
+    try:
+        for server in servers.values():
+            server.start()
+        for server in servers.values():
+            server.wait_ready()
+        await seed(servers, headers, SEED_ROWS)
+        rng = random.Random(options.seed)
+        for index, (operation, workload) in enumerate(OPERATIONS.items()):
+            make_call = workload(backend.urls["eu"], rng)
+            rows = contact_count(backend.urls["eu"])
+            # Alternate which app goes first, so neither always runs on the warmer machine.
+            order = APPS if index % 2 == 0 else tuple(reversed(APPS))
+            results: dict[str, LoadResult] = {}
+            for app in order:
+                results[app] = await measure(
+                    Target(servers[app].base_url, headers), make_call, options
+                )
+                progress(backend.name, operation, app, results[app])
+            measurements.append(
+                Measurement(backend.name, operation, rows, {app: results[app] for app in APPS})
+            )
+    except Exception:
+        for server in servers.values():
+            tail = server.log_tail()
+            if tail:
+                print(f"--- {server.label} log (last lines) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        for server in servers.values():
+            server.stop()
+    return measurements
+
+
+def print_table(measurements: list[Measurement], options: Options) -> None:
+    print()
+    print(
+        f"Bastion vs baseline: {options.concurrency} concurrent clients, "
+        f"{options.duration:g}s per phase after {options.warmup:g}s warm-up; "
+        "ratio = Bastion req/s / baseline req/s (1.00 = no overhead)"
+    )
+    header = (
+        f"{'backend':<10} {'op':<6} {'bastion r/s':>11} {'baseline r/s':>12} {'ratio':>6}  "
+        f"{'bastion p50/p99 ms':>18}  {'baseline p50/p99 ms':>19}  {'errors b/base':>13} "
+        f"{'rows':>6}"
+    )
+    print(header)
+    print("-" * len(header))
+    for m in measurements:
+        b, base = m.results["bastion"], m.results["baseline"]
+        print(
+            f"{m.backend:<10} {m.operation:<6} {b.throughput:>11.1f} {base.throughput:>12.1f} "
+            f"{_fmt(m.ratio, 2):>6}  "
+            f"{_fmt(b.p50_ms) + ' / ' + _fmt(b.p99_ms):>18}  "
+            f"{_fmt(base.p50_ms) + ' / ' + _fmt(base.p99_ms):>19}  "
+            f"{f'{b.errors} / {base.errors}':>13} {m.rows:>6}"
+        )
+    print("rows: contacts in the table when the phase started (a list sorts them all)")
+    for m in measurements:
+        for app, result in m.results.items():
+            if result.errors:
+                kinds = ", ".join(f"{k} x{v}" for k, v in sorted(result.error_kinds.items()))
+                print(f"ERRORS {m.backend} {m.operation} {app}: {kinds}")
+            if result.client_cpu >= CLIENT_CPU_WARNING:
+                print(
+                    f"note: {m.backend} {m.operation} {app}: the load generator used "
+                    f"{result.client_cpu:.0%} of a core; that rate may be client-bound"
+                )
+
+
+def write_results(measurements: list[Measurement], options: Options, notes: list[str]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / "latest.json"
+    document = {
+        "finished_at": datetime.now(UTC).isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "options": {
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "concurrency": options.concurrency,
+            "backends": list(options.backends),
+        },
+        "notes": notes,
+        "results": [m.as_dict() for m in measurements],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument(
+        "--backend",
+        choices=[*BACKENDS, "all"],
+        default="all",
+        help="database backend (default all; PostgreSQL is skipped with a note if unreachable)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="measured seconds per phase (default 5)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds before each phase (default: 20%% of --duration, 0.5-2s)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="concurrent clients (default 16)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="random seed for the get phase")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the HTTP benchmark, profile Bastion in-process under cProfile",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=500,
+        help="with --profile: requests per operation (default 500)",
+    )
+    parser.add_argument(
+        "--top", type=int, default=25, help="with --profile: functions listed per operation"
+    )
+    return parser.parse_args(argv)
+
+
+def selected_backends(choice: str, notes: list[str]) -> tuple[str, ...]:
+    wanted = BACKENDS if choice == "all" else (choice,)
+    if "postgresql" not in wanted:
+        return wanted
+    problem = postgres_available()
+    if problem is None:
+        return wanted
+    note = f"PostgreSQL skipped: not reachable ({problem})"
+    print(note)
+    notes.append(note)
+    if choice == "postgresql":
+        raise SystemExit(1)
+    return tuple(b for b in wanted if b != "postgresql")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        import bastion.migrate  # noqa: F401 - the schema comes from Bastion's migrations
+    except ImportError as exc:
+        print(f"cannot import bastion.migrate ({exc}); is the project installed?", file=sys.stderr)
+        return 2
+    notes: list[str] = []
+    backends = selected_backends(args.backend, notes)
+    warmup = args.warmup if args.warmup is not None else min(2.0, max(0.5, args.duration * 0.2))
+    options = Options(backends, args.duration, warmup, args.concurrency, args.seed)
+    run: Callable[[Backend], Any]
+    if args.profile:
+        from benchmarks.profiling import profile_backend
+
+        def run(backend: Backend) -> Any:
+            return profile_backend(backend, requests=args.requests, top=args.top)
+
+    else:
+
+        def run(backend: Backend) -> Any:
+            return asyncio.run(bench_backend(backend, options))
+
+    started = time.perf_counter()
+    measurements: list[Measurement] = []
+    with tempfile.TemporaryDirectory(prefix="bastion-bench-") as workdir:
+        for name in backends:
+            print(f"== {name} ==", flush=True)
+            with backend_databases(name, Path(workdir)) as backend:
+                result = run(backend)
+            if not args.profile:
+                measurements.extend(result)
+    if not args.profile:
+        print_table(measurements, options)
+        path = write_results(measurements, options, notes)
+        print(f"\nresults written to {path}")
+    print(f"total time: {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

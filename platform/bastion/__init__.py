@@ -1,0 +1,3 @@
+"""Bastion: a compliance-first CRM data platform."""
+
+__version__ = "0.1.0"

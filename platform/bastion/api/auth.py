@@ -1,0 +1,26 @@
+"""Bearer-token authentication for every /v1 request."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from bastion.errors import Unauthenticated
+from bastion.principals.tokens import Principal
+from bastion.state import State
+
+
+def state_of(request: Request) -> State:
+    state = request.app.state.bastion
+    assert isinstance(state, State)
+    return state
+
+
+async def authenticate(request: Request) -> Principal:
+    header = request.headers.get("authorization")
+    if header is None:
+        raise Unauthenticated("this request needs an Authorization: Bearer <token> header")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the Authorization header must be: Bearer <token>")
+    return await run_in_threadpool(state_of(request).tokens.authenticate, token.strip())

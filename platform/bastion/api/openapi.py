@@ -1,0 +1,395 @@
+"""The OpenAPI 3.1 document and the docs page, both generated from the field catalog.
+
+The request schemas are the JSON Schemas of the very pydantic models that validate
+request bodies (`crm.schemas`), so the published contract and the validator
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import cache
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+import bastion
+from bastion.api.problems import JSON
+from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.crm.schemas import create_model, json_schema, patch_model
+from bastion.crm.service import DEFAULT_LIMIT, MAX_LIMIT
+
+_PROBLEM = {"$ref": "#/components/responses/Problem"}
+_ERRORS = {
+    "400": _PROBLEM,
+    "401": _PROBLEM,
+    "403": _PROBLEM,
+    "404": _PROBLEM,
+    "503": _PROBLEM,
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _title(spec: EntitySpec) -> str:
+    return spec.singular.title().replace(" ", "")
+
+
+def _record_schema(spec: EntitySpec) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "id": {"type": "string", "description": f"Region-bearing id ({spec.prefix}_<region>_…)."},
+        "region": {"type": "string", "description": "Region whose database holds the record."},
+        "version": {"type": "integer", "description": "Increases by one on every change."},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    }
+    for field in spec.fields:
+        schema = json_schema(field)
+        properties[field.name] = (
+            {"anyOf": [schema, {"type": "null"}]} if not field.required else schema
+        )
+        if field.read_only:
+            properties[field.name] = {**properties[field.name], "readOnly": True}
+    return {
+        "type": "object",
+        "description": spec.description,
+        "properties": properties,
+        "required": ["id", "region", "version", "created_at", "updated_at"],
+        "x-data-subject": spec.data_subject,
+    }
+
+
+def _body_schema(model: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("title", None)
+    return schema
+
+
+def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
+    name, title = spec.name, _title(spec)
+    record = {"application/json": {"schema": _ref(title)}}
+    etag = {"ETag": {"schema": {"type": "string"}, "description": "The record's version."}}
+    filters = [
+        {
+            "name": field.name,
+            "in": "query",
+            "required": False,
+            "description": f"Equality filter on {field.name}.",
+            "schema": {"type": "string"},
+        }
+        for field in spec.fields
+        if field.filterable
+    ]
+    sortable = ["id", "created_at", "updated_at", *(f.name for f in spec.fields if f.sortable)]
+    return {
+        f"/v1/{name}": {
+            "get": {
+                "operationId": f"list_{name}",
+                "summary": f"List {name} across your regions",
+                "tags": [name],
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": MAX_LIMIT,
+                            "default": DEFAULT_LIMIT,
+                        },
+                    },
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "sort",
+                        "in": "query",
+                        "schema": {
+                            "type": "string",
+                            "enum": [*sortable, *(f"-{s}" for s in sortable)],
+                        },
+                    },
+                    {
+                        "name": "region",
+                        "in": "query",
+                        "description": "Only this region (default: all of yours).",
+                        "schema": {"type": "string"},
+                    },
+                    *filters,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page of records.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "data": {"type": "array", "items": _ref(title)},
+                                        "next_cursor": {"type": ["string", "null"]},
+                                    },
+                                    "required": ["data", "next_cursor"],
+                                }
+                            }
+                        },
+                    },
+                    "422": _PROBLEM,
+                    **_ERRORS,
+                },
+            },
+            "post": {
+                "operationId": f"create_{spec.singular.replace(' ', '_')}",
+                "summary": f"Create a {spec.singular}",
+                "tags": [name],
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "schema": {"type": "string", "maxLength": 255},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(f"{title}Create")}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "Created.",
+                        "content": record,
+                        "headers": {**etag, "Location": {"schema": {"type": "string"}}},
+                    },
+                    "409": _PROBLEM,
+                    "413": _PROBLEM,
+                    "415": _PROBLEM,
+                    "422": _PROBLEM,
+                    **_ERRORS,
+                },
+            },
+        },
+        f"/v1/{name}/{{id}}": {
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "get": {
+                "operationId": f"get_{spec.singular.replace(' ', '_')}",
+                "tags": [name],
+                "responses": {
+                    "200": {"description": "The record.", "content": record, "headers": etag},
+                    **_ERRORS,
+                },
+            },
+            "patch": {
+                "operationId": f"update_{spec.singular.replace(' ', '_')}",
+                "summary": "JSON merge patch (RFC 7396); needs If-Match",
+                "tags": [name],
+                "parameters": [
+                    {
+                        "name": "If-Match",
+                        "in": "header",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/merge-patch+json": {"schema": _ref(f"{title}Patch")},
+                        "application/json": {"schema": _ref(f"{title}Patch")},
+                    },
+                },
+                "responses": {
+                    "200": {"description": "The record.", "content": record, "headers": etag},
+                    "412": _PROBLEM,
+                    "415": _PROBLEM,
+                    "422": _PROBLEM,
+                    "428": _PROBLEM,
+                    **_ERRORS,
+                },
+            },
+            "delete": {
+                "operationId": f"delete_{spec.singular.replace(' ', '_')}",
+                "tags": [name],
+                "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+                "responses": {
+                    "204": {"description": "Deleted."},
+                    "409": _PROBLEM,
+                    "412": _PROBLEM,
+                    **_ERRORS,
+                },
+            },
+        },
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Problem": {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "request_id": {"type": "string"},
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "field": {"type": "string"},
+                            "message": {"type": "string"},
+                        },
+                        "required": ["field", "message"],
+                    },
+                },
+            },
+            "required": ["type", "title", "status", "detail"],
+        }
+    }
+    paths: dict[str, Any] = {}
+    for spec in ENTITIES.values():
+        title = _title(spec)
+        schemas[title] = _record_schema(spec)
+        schemas[f"{title}Create"] = {
+            **_body_schema(create_model(spec)),
+            "properties": {
+                "region": {"type": "string", "description": "Region (default: your first)."},
+                **_body_schema(create_model(spec))["properties"],
+            },
+        }
+        schemas[f"{title}Patch"] = _body_schema(patch_model(spec))
+        paths.update(_entity_paths(spec))
+    paths["/v1/leads/{id}/convert"] = {
+        "post": {
+            "operationId": "convert_lead",
+            "summary": "Convert a lead into a contact, an account and optionally an opportunity",
+            "tags": ["leads"],
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "account_id": {"type": "string"},
+                                "opportunity": {"type": "object"},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {"200": {"description": "The converted records."}, "409": _PROBLEM},
+        }
+    }
+    paths["/v1/me"] = {
+        "get": {
+            "operationId": "me",
+            "summary": "The caller, its roles, regions and effective permissions",
+            "responses": {"200": {"description": "The principal."}, "401": _PROBLEM},
+        }
+    }
+    for path, summary in (("/healthz", "Liveness"), ("/readyz", "Readiness of every database")):
+        paths[path] = {
+            "get": {
+                "operationId": path.strip("/"),
+                "summary": summary,
+                "security": [],
+                "responses": {"200": {"description": "OK"}, "503": _PROBLEM},
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Bastion",
+            "version": bastion.__version__,
+            "description": "Compliance-first CRM data platform. Every record is read and "
+            "written through one pipeline: authenticate, route to its region, authorize, "
+            "validate, persist.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "responses": {
+                "Problem": {
+                    "description": "An RFC 9457 problem.",
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                }
+            },
+        },
+    }
+
+
+async def openapi_json(_request: Request) -> Response:
+    return JSON(openapi_document())
+
+
+@cache
+def _docs_html() -> str:
+    document = openapi_document()
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        "<title>Bastion API</title><style>body{font:15px/1.5 system-ui,sans-serif;"
+        "max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse;"
+        "width:100%}td,th{border-bottom:1px solid #ddd;padding:.25em .5em;text-align:left}"
+        "code{background:#f4f4f4;padding:0 .2em}</style></head><body>",
+        "<h1>Bastion API</h1>",
+        f"<p>{html.escape(document['info']['description'])}</p>",
+        "<p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1). "
+        "Authenticate with <code>Authorization: Bearer &lt;token&gt;</code>. Errors are "
+        "<code>application/problem+json</code>.</p><h2>Endpoints</h2><table>",
+        "<tr><th>Method</th><th>Path</th><th>Summary</th></tr>",
+    ]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            parts.append(
+                f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(operation.get('summary', ''))}</td></tr>"
+            )
+    parts.append("</table><h2>Entities and fields</h2>")
+    for spec in ENTITIES.values():
+        parts.append(
+            f"<h3 id={spec.name}>{spec.name}</h3><p>{html.escape(spec.description)} "
+            f"Ids: <code>{spec.prefix}_&lt;region&gt;_…</code></p><table><tr><th>Field</th>"
+            "<th>Type</th><th>Required</th><th>Classification</th><th>Category</th>"
+            "<th>Description</th></tr>"
+        )
+        for field in spec.fields:
+            flags = [
+                flag
+                for flag, on in (
+                    ("searchable", field.searchable),
+                    ("read-only", field.read_only),
+                )
+                if on
+            ]
+            parts.append(
+                f"<tr><td><code>{field.name}</code></td><td>{field.type}</td>"
+                f"<td>{'yes' if field.required else ''}</td><td>{field.classification}"
+                f"{' (' + ', '.join(flags) + ')' if flags else ''}</td>"
+                f"<td>{html.escape(field.category)}</td>"
+                f"<td>{html.escape(field.description)}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+async def docs(_request: Request) -> Response:
+    return HTMLResponse(_docs_html())
+
+
+routes = [
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+]

@@ -1,0 +1,73 @@
+"""`/v1/me`, `/healthz` and `/readyz`."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from bastion.api.auth import authenticate, state_of
+from bastion.api.problems import JSON
+from bastion.crm.catalog import ENTITIES
+
+
+async def me(request: Request) -> Response:
+    """The caller and what the policy lets it do, per entity and region."""
+    principal = await authenticate(request)
+    state = state_of(request)
+    policy = state.policy
+    permissions = {}
+    for name, spec in ENTITIES.items():
+        by_region = {
+            region: list(policy.actions(principal.roles, region, name))
+            for region in principal.regions
+        }
+        actions = sorted({a for granted in by_region.values() for a in granted})
+        writes = {"create", "update"} & set(actions)
+        permissions[name] = {
+            "actions": actions,
+            "regions": by_region,
+            # Field masks and row scopes come with the policy layer; until then a
+            # role that may read an entity reads all its fields, in all its rows.
+            "read_fields": [f.name for f in spec.fields] if "read" in actions else [],
+            "write_fields": [f.name for f in spec.writable_fields()] if writes else [],
+            "scope": "all" if actions else None,
+        }
+    return JSON(
+        {
+            "id": principal.id,
+            "name": principal.name,
+            "roles": sorted(principal.roles),
+            "regions": list(principal.regions),
+            "teams": list(principal.teams),
+            "policy_version": policy.version,
+            "permissions": permissions,
+        }
+    )
+
+
+async def healthz(_request: Request) -> Response:
+    """Liveness: the process answers. Says nothing about databases (see /readyz)."""
+    return JSON({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: every database answers. 503 names the ones that do not."""
+    state = state_of(request)
+    databases = [state.control, *(state.regions.get(name) for name in state.regions.names)]
+    checks = {}
+    for database in databases:
+        checks[database.name] = "ok" if await run_in_threadpool(database.ping) else "unavailable"
+    ready = all(status == "ok" for status in checks.values())
+    return JSON(
+        {"status": "ready" if ready else "unavailable", "databases": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+routes = [
+    Route("/v1/me", me, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+]

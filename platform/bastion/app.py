@@ -1,0 +1,56 @@
+"""`create_app(settings)`: the Starlette application.
+
+The lifespan builds the `State` (one engine per region, the control database,
+the loaded policy) and disposes of it on shutdown. Tests pass a ready `State`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from bastion.api import openapi, records, system
+from bastion.api.middleware import RequestContext
+from bastion.api.problems import on_bastion_error, on_http_exception
+from bastion.config import Settings, load_settings
+from bastion.errors import BastionError
+from bastion.logs import configure_logging
+from bastion.state import State, build_state
+
+
+def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
+    """The application for `settings`. With `state`, the caller owns its lifetime."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = state is None
+        app.state.bastion = state if state is not None else build_state(settings)
+        try:
+            yield
+        finally:
+            if owned:
+                app.state.bastion.close()
+
+    app = Starlette(
+        routes=[*system.routes, *openapi.routes, *records.routes],
+        middleware=[Middleware(RequestContext, max_body_bytes=settings.max_body_bytes)],
+        exception_handlers={
+            BastionError: on_bastion_error,
+            HTTPException: on_http_exception,
+        },
+        lifespan=lifespan,
+    )
+    if state is not None:
+        app.state.bastion = state
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for `uvicorn --factory` (several workers): settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return create_app(settings)

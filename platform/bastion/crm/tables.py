@@ -1,0 +1,108 @@
+"""Region database tables, derived from the field catalog.
+
+Every region database has the same schema (made by the `region` migrations). No
+foreign key ever points into another region: references between records are only
+possible inside one database, and the service checks that a referenced id carries
+the same region before it gets here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import TypeEngine
+
+from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
+from bastion.residency.ids import ID_MAX_LENGTH
+from bastion.sqltypes import ScaledDecimal, UTCDateTime, new_metadata
+
+region_metadata = new_metadata()
+
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+# Columns that lists filter or join on most; every foreign key is indexed too.
+_INDEXED = frozenset({"owner_id", "team_id", "status", "stage", "type"})
+
+
+def _column_type(spec: FieldSpec) -> TypeEngine[Any]:
+    match spec.type:
+        case "text":
+            return Text()
+        case "integer":
+            return Integer()
+        case "decimal":
+            return ScaledDecimal(spec.scale or 0)
+        case "boolean":
+            return Boolean()
+        case "date":
+            return Date()
+        case "datetime":
+            return UTCDateTime()
+        case "json":
+            return _JSON
+        case "ref":
+            return String(ID_MAX_LENGTH)
+        case _:
+            return String(spec.max_length or 255)
+
+
+def _entity_table(spec: EntitySpec) -> Table:
+    columns: list[Column[Any]] = [
+        Column("id", String(ID_MAX_LENGTH), nullable=False),
+        Column("region", String(16), nullable=False),
+        Column("version", Integer, nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("updated_at", UTCDateTime(), nullable=False),
+    ]
+    for field in spec.fields:
+        args: list[ForeignKey] = []
+        if field.type == "ref" and field.ref is not None:
+            args.append(ForeignKey(f"{field.ref}.id", ondelete="RESTRICT"))
+        columns.append(
+            Column(
+                field.name,
+                _column_type(field),
+                *args,
+                nullable=not field.required,
+                index=field.type == "ref" or field.name in _INDEXED,
+            )
+        )
+    return Table(
+        spec.table_name,
+        region_metadata,
+        *columns,
+        PrimaryKeyConstraint("id"),
+        Index(f"ix_{spec.table_name}_updated_at_id", "updated_at", "id"),
+    )
+
+
+# Referenced tables first, so foreign keys resolve in declaration order.
+ENTITY_TABLES: dict[str, Table] = {
+    name: _entity_table(ENTITIES[name])
+    for name in ("accounts", "contacts", "leads", "opportunities", "activities", "cases")
+}
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    region_metadata,
+    Column("principal_id", String(64), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("entity", String(32), nullable=False),
+    Column("record_id", String(ID_MAX_LENGTH), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False, index=True),
+    PrimaryKeyConstraint("principal_id", "key"),
+)

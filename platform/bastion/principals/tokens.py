@@ -1,0 +1,282 @@
+"""API tokens: issued once, stored as a hash, checked in constant time, revocable.
+
+A token reads `bst_<id>_<secret>`. The id (16 base32 characters) is public and is
+what the database lookup uses; the secret is 256 random bits (43 base64url
+characters) of which only the SHA-256 is stored. The hash comparison uses
+`hmac.compare_digest`, so response timing does not reveal how much of a guessed
+secret matched.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Connection, insert, select, update
+
+from bastion.clock import Clock
+from bastion.errors import Conflict, NotFound, Unauthenticated, ValidationFailed
+from bastion.principals.tables import api_tokens, principals
+from bastion.residency.databases import Database
+from bastion.residency.ids import encode_base32, uuid7
+
+_TOKEN_RE = re.compile(r"bst_([0-9a-hjkmnp-tv-z]{16})_([A-Za-z0-9_-]{43})")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+_TEAM_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+_BAD_TOKEN = "the bearer token is invalid, expired or revoked"  # noqa: S105
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a person or a service, with roles and permitted regions."""
+
+    id: str
+    name: str
+    roles: frozenset[str]
+    regions: tuple[str, ...]
+    teams: tuple[str, ...]
+
+    @property
+    def default_region(self) -> str:
+        return self.regions[0]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A newly created token. `secret` is the only copy of the full token."""
+
+    token_id: str
+    secret: str
+    principal: Principal
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    token_id: str
+    principal_name: str
+    roles: tuple[str, ...]
+    regions: tuple[str, ...]
+    description: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _hash(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("ascii")).digest()
+
+
+class TokenService:
+    """Issues, lists, revokes and authenticates tokens against the control database."""
+
+    def __init__(
+        self,
+        control: Database,
+        clock: Clock,
+        *,
+        known_roles: frozenset[str],
+        known_regions: Sequence[str],
+    ) -> None:
+        self._control = control
+        self._clock = clock
+        self._known_roles = known_roles
+        self._known_regions = tuple(known_regions)
+
+    def issue(
+        self,
+        *,
+        principal_name: str,
+        roles: Sequence[str] = (),
+        regions: Sequence[str] = (),
+        teams: Sequence[str] = (),
+        description: str = "",
+        expires_in: timedelta | None = None,
+    ) -> IssuedToken:
+        """Create a token for the principal named `principal_name`.
+
+        A new principal is created with `roles` (at least one), `regions` (default:
+        every configured region) and `teams`. For an existing principal, roles,
+        regions and teams given here replace the stored ones.
+        """
+        self._check_principal(principal_name, roles, regions, teams, description)
+        now = self._clock.now()
+        token_id = encode_base32(int.from_bytes(secrets.token_bytes(10), "big"))[-16:]
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        expires_at = now + expires_in if expires_in is not None else None
+        with self._control.transaction(write=True) as conn:
+            principal = self._upsert_principal(conn, principal_name, roles, regions, teams, now)
+            conn.execute(
+                insert(api_tokens).values(
+                    id=token_id,
+                    principal_id=principal.id,
+                    secret_hash=_hash(secret),
+                    description=description,
+                    created_at=now,
+                    expires_at=expires_at,
+                    revoked_at=None,
+                )
+            )
+        return IssuedToken(
+            token_id=token_id,
+            secret=f"bst_{token_id}_{secret}",
+            principal=principal,
+            expires_at=expires_at,
+        )
+
+    def authenticate(self, presented: str) -> Principal:
+        """The principal a bearer token belongs to; `Unauthenticated` if none."""
+        match = _TOKEN_RE.fullmatch(presented)
+        if match is None:
+            raise Unauthenticated(_BAD_TOKEN)
+        token_id, secret = match.groups()
+        with self._control.transaction() as conn:
+            row = conn.execute(
+                select(
+                    api_tokens.c.secret_hash,
+                    api_tokens.c.expires_at,
+                    api_tokens.c.revoked_at,
+                    principals,
+                )
+                .join(principals, principals.c.id == api_tokens.c.principal_id)
+                .where(api_tokens.c.id == token_id)
+            ).one_or_none()
+        # Compare even when the id is unknown, so both paths cost the same.
+        expected = row.secret_hash if row is not None else b"\0" * 32
+        matches = hmac.compare_digest(expected, _hash(secret))
+        if row is None or not matches or row.revoked_at is not None or row.disabled:
+            raise Unauthenticated(_BAD_TOKEN)
+        if row.expires_at is not None and row.expires_at <= self._clock.now():
+            raise Unauthenticated(_BAD_TOKEN)
+        return Principal(
+            id=row.id,
+            name=row.name,
+            roles=frozenset(row.roles),
+            regions=tuple(r for r in row.regions if r in self._known_regions),
+            teams=tuple(row.teams),
+        )
+
+    def list(self) -> list[TokenInfo]:
+        with self._control.transaction() as conn:
+            rows = conn.execute(
+                select(api_tokens, principals.c.name, principals.c.roles, principals.c.regions)
+                .join(principals, principals.c.id == api_tokens.c.principal_id)
+                .order_by(api_tokens.c.created_at, api_tokens.c.id)
+            ).all()
+        return [
+            TokenInfo(
+                token_id=r.id,
+                principal_name=r.name,
+                roles=tuple(r.roles),
+                regions=tuple(r.regions),
+                description=r.description,
+                created_at=r.created_at,
+                expires_at=r.expires_at,
+                revoked_at=r.revoked_at,
+            )
+            for r in rows
+        ]
+
+    def revoke(self, token_id: str) -> None:
+        """Revoke a token by id. Raises `NotFound`, or `Conflict` if already revoked."""
+        with self._control.transaction(write=True) as conn:
+            current = conn.execute(
+                select(api_tokens.c.revoked_at).where(api_tokens.c.id == token_id)
+            ).one_or_none()
+            if current is None:
+                raise NotFound("no token with that id")
+            if current.revoked_at is not None:
+                raise Conflict("the token is already revoked")
+            conn.execute(
+                update(api_tokens)
+                .where(api_tokens.c.id == token_id)
+                .values(revoked_at=self._clock.now())
+            )
+
+    def _check_principal(
+        self,
+        name: str,
+        roles: Sequence[str],
+        regions: Sequence[str],
+        teams: Sequence[str],
+        description: str,
+    ) -> None:
+        problems: list[str] = []
+        if _NAME_RE.fullmatch(name) is None:
+            problems.append("the principal name must be 1-100 letters, digits or . _ @ -")
+        unknown_roles = sorted(set(roles) - self._known_roles)
+        if unknown_roles:
+            problems.append(
+                f"unknown role(s) {', '.join(unknown_roles)}; the policy defines: "
+                f"{', '.join(sorted(self._known_roles))}"
+            )
+        unknown_regions = sorted(set(regions) - set(self._known_regions))
+        if unknown_regions:
+            problems.append(f"unknown region(s) {', '.join(unknown_regions)}")
+        if any(_TEAM_RE.fullmatch(t) is None for t in teams):
+            problems.append("team ids are lower-case letters, digits and dashes")
+        if len(description) > 200:
+            problems.append("the description must be at most 200 characters")
+        if problems:
+            raise ValidationFailed("; ".join(problems))
+
+    def _upsert_principal(
+        self,
+        conn: Connection,
+        name: str,
+        roles: Sequence[str],
+        regions: Sequence[str],
+        teams: Sequence[str],
+        now: datetime,
+    ) -> Principal:
+        row = conn.execute(select(principals).where(principals.c.name == name)).one_or_none()
+        if row is None:
+            if not roles:
+                raise ValidationFailed(f"principal {name!r} is new: give at least one role")
+            principal = Principal(
+                id=f"prn_{encode_base32(uuid7(now).int)}",
+                name=name,
+                roles=frozenset(roles),
+                regions=tuple(dict.fromkeys(regions or self._known_regions)),
+                teams=tuple(dict.fromkeys(teams)),
+            )
+            conn.execute(
+                insert(principals).values(
+                    id=principal.id,
+                    name=name,
+                    roles=sorted(principal.roles),
+                    regions=list(principal.regions),
+                    teams=list(principal.teams),
+                    disabled=False,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            return principal
+        changes: dict[str, object] = {}
+        if roles:
+            changes["roles"] = sorted(set(roles))
+        if regions:
+            changes["regions"] = list(dict.fromkeys(regions))
+        if teams:
+            changes["teams"] = list(dict.fromkeys(teams))
+        if changes:
+            conn.execute(
+                update(principals)
+                .where(principals.c.id == row.id)
+                .values(**changes, updated_at=now)
+            )
+        return Principal(
+            id=row.id,
+            name=row.name,
+            roles=frozenset(cast("list[str]", changes.get("roles", row.roles))),
+            regions=tuple(cast("list[str]", changes.get("regions", row.regions))),
+            teams=tuple(cast("list[str]", changes.get("teams", row.teams))),
+        )

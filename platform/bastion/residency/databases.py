@@ -1,0 +1,148 @@
+"""One SQLAlchemy engine per region (and one for the control database).
+
+A `Database` is the only way code opens a transaction. Connection failures,
+timeouts and lock waits surface as `RegionUnavailable` for *that* database only,
+so one region being down never fails requests for another.
+
+Engines are created with `hide_parameters=True`: SQLAlchemy otherwise puts bound
+parameters (field values) into exception messages, and exceptions reach logs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from bastion.errors import NotFound, RegionUnavailable
+
+log = structlog.get_logger("bastion.residency")
+
+CONTROL = "control"
+_WRITE = "bastion_write"
+
+
+def create_db_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 10) -> Engine:
+    """An engine with Bastion's transaction semantics on SQLite and PostgreSQL.
+
+    SQLite: WAL, foreign keys on, a busy timeout, and SQLAlchemy emitting BEGIN
+    itself (`BEGIN IMMEDIATE` for writes, so two writers queue on the lock instead
+    of deadlocking on a read-to-write upgrade). PostgreSQL: bounded connect and
+    statement timeouts, and pre-ping so a restarted server is picked up again.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            hide_parameters=True,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_timeout=connect_timeout,
+            connect_args={"timeout": connect_timeout, "check_same_thread": False},
+        )
+        _sqlite_transactions(engine, busy_ms=connect_timeout * 1000)
+        return engine
+    return create_engine(
+        parsed,
+        hide_parameters=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=connect_timeout,
+        pool_pre_ping=True,
+        connect_args={
+            "connect_timeout": connect_timeout,
+            "options": "-c statement_timeout=30000 -c lock_timeout=10000",
+        },
+    )
+
+
+def _sqlite_transactions(engine: Engine, *, busy_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """A named database (a region's, or the control database) and its engine."""
+
+    name: str
+    engine: Engine
+
+    @contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction: committed if the block succeeds, rolled back if it raises.
+
+        Raises `RegionUnavailable` when the database cannot be reached or a lock or
+        statement timeout expires. Other database errors propagate unchanged.
+        """
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(**{_WRITE: True})
+                with conn.begin():
+                    yield conn
+        except (OperationalError, PoolTimeout) as exc:
+            raise self._unavailable(exc) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise self._unavailable(exc) from None
+            raise
+
+    def ping(self) -> bool:
+        try:
+            with self.transaction() as conn:
+                conn.execute(text("SELECT 1"))
+        except RegionUnavailable:
+            return False
+        return True
+
+    def _unavailable(self, exc: Exception) -> RegionUnavailable:
+        # Only the class names: a driver message may quote SQL or values.
+        cause = type(getattr(exc, "orig", None) or exc).__name__
+        log.warning("database_unavailable", database=self.name, cause=cause)
+        return RegionUnavailable(self.name)
+
+
+class Regions:
+    """The configured regions' databases, in configuration order."""
+
+    def __init__(self, databases: Mapping[str, Database]) -> None:
+        self._databases = dict(databases)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._databases)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._databases
+
+    def get(self, name: str) -> Database:
+        """The region's database. An unknown region is a 404: nothing is queried."""
+        database = self._databases.get(name)
+        if database is None:
+            raise NotFound(f"unknown region {name!r}")
+        return database
+
+    def dispose(self) -> None:
+        for database in self._databases.values():
+            database.engine.dispose()

@@ -1,0 +1,89 @@
+"""Region pinning: an EU record's values exist in the EU database and nowhere else."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+from starlette.testclient import TestClient
+
+from bastion.state import State
+from tests.conftest import Backend, Tokens
+from tests.factories import contact_body, create
+
+
+def _database_contains(url: str, needle: str) -> bool:
+    """Whether any text-ish column of any table in the database holds `needle`."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            for table in inspect(conn).get_table_names():
+                columns = [c["name"] for c in inspect(conn).get_columns(table)]
+                for column in columns:
+                    cast = f'CAST("{column}" AS TEXT)'
+                    hit = conn.execute(
+                        text(f'SELECT 1 FROM "{table}" WHERE {cast} LIKE :n LIMIT 1'),  # noqa: S608 - names from the schema
+                        {"n": f"%{needle}%"},
+                    ).first()
+                    if hit is not None:
+                        return True
+    finally:
+        engine.dispose()
+    return False
+
+
+def test_an_eu_contact_never_reaches_the_us_database(
+    backend: Backend, state: State, client: TestClient, admin: dict[str, str]
+) -> None:
+    canary = f"canary{secrets.token_hex(8)}"
+    record = create(
+        client,
+        "contacts",
+        contact_body(region="eu", last_name=canary, email=f"{canary}@example.com"),
+        admin,
+    )
+    client.patch(
+        f"/v1/contacts/{record['id']}",
+        json={"title": canary, "custom": {"note": canary}},
+        headers={**admin, "If-Match": '"v1"'},
+    )
+    state.close()  # flush and release SQLite files before scanning their bytes
+
+    assert _database_contains(backend.urls["eu"], canary)
+    assert not _database_contains(backend.urls["us"], canary)
+    assert not _database_contains(backend.urls["control"], canary)
+    assert not _database_contains(backend.urls["us"], record["id"])
+    if backend.name == "sqlite":
+        for name in ("us", "control"):
+            path = Path(backend.urls[name].removeprefix("sqlite:///"))
+            for file in path.parent.glob(f"{path.name}*"):  # the database, -wal and -shm
+                assert canary.encode() not in file.read_bytes(), file
+
+
+def test_creating_in_a_region_outside_the_principals_is_forbidden(
+    client: TestClient, tokens: Tokens
+) -> None:
+    eu_rep = tokens.headers("sales_rep", regions=("eu",), name="eu-rep")
+    response = client.post("/v1/contacts", json=contact_body(region="us"), headers=eu_rep)
+    assert response.status_code == 403
+    assert client.get("/v1/contacts", headers=eu_rep).json()["data"] == []
+    listed_us = client.get("/v1/contacts", params={"region": "us"}, headers=eu_rep)
+    assert listed_us.status_code == 403
+    # The default region of an EU-only principal is EU.
+    created = client.post("/v1/contacts", json=contact_body(), headers=eu_rep)
+    assert created.status_code == 201
+    assert created.json()["region"] == "eu"
+
+
+def test_references_never_cross_regions(client: TestClient, admin: dict[str, str]) -> None:
+    account = create(client, "accounts", {"name": "Acme", "region": "us"}, admin)
+    response = client.post(
+        "/v1/contacts",
+        json=contact_body(region="eu", account_id=account["id"]),
+        headers=admin,
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"field": "account_id", "message": "must be in the record's region (eu)"}
+    ]
