@@ -21,6 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 
+from bastion.audit.settings import AuditSettings
+from bastion.crypto.settings import KeySettings
 from bastion.residency.ids import is_valid_region_name
 
 Mode = Literal["development", "production"]
@@ -60,6 +62,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     db_connect_timeout: int = Field(default=3, ge=1, le=60)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    keys: KeySettings = Field(default_factory=KeySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -96,6 +100,8 @@ class _FileConfig(BaseModel):
     db_pool_size: int | None = None
     control: dict[str, str] | None = None
     regions: dict[str, dict[str, str]] | None = None
+    keys: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -172,6 +178,21 @@ def _checked_url(url: str, what: str) -> str:
     return url
 
 
+def _section(
+    name: str, model: type[BaseModel], table: dict[str, Any] | None, env: Mapping[str, str]
+) -> BaseModel:
+    """A sub-settings model from its TOML table, `BASTION_<NAME>_<FIELD>` variables winning."""
+    values: dict[str, Any] = dict(table or {})
+    for field in model.model_fields:
+        raw = env.get(f"BASTION_{name.upper()}_{field.upper()}")
+        if raw is not None:
+            values[field] = raw
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{name}: {_describe(exc)}") from None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build `Settings` from the environment and the config file it names.
 
@@ -219,6 +240,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if default_region not in regions:
         raise ConfigError(f"default_region {default_region!r} is not a configured region")
     values["default_region"] = default_region
+
+    values["keys"] = _section("keys", KeySettings, file.keys, env)
+    values["audit"] = _section("audit", AuditSettings, file.audit, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")

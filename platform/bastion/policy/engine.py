@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -25,7 +25,9 @@ from typing import Literal
 
 import casbin
 
-ACTIONS = ("read", "list", "create", "update", "delete")
+from bastion.policy.resources import RECORD_ACTIONS, resource_actions
+
+ACTIONS = RECORD_ACTIONS
 WILDCARD = "*"
 _LINE_RE = re.compile(r"[A-Za-z0-9_.*\- ,]+")
 Effect = Literal["allow", "deny"]
@@ -54,6 +56,7 @@ class Policy:
     roles: frozenset[str]
     regions: tuple[str, ...]
     entities: tuple[str, ...]
+    resources: dict[str, tuple[str, ...]] = field(default_factory=dict)
     _index: dict[tuple[str, str, str, str], Effect] = field(default_factory=dict)
     _memo: dict[tuple[frozenset[str], str, str, str], bool] = field(default_factory=dict)
 
@@ -68,7 +71,10 @@ class Policy:
         return decided
 
     def actions(self, roles: frozenset[str], region: str, entity: str) -> tuple[str, ...]:
-        return tuple(a for a in ACTIONS if self.allows(roles, region, entity, a))
+        """The actions on `entity` (a CRM entity or a system resource) `roles` may take."""
+        return tuple(
+            a for a in self.resources.get(entity, ()) if self.allows(roles, region, entity, a)
+        )
 
     def enforce(self, role: str, region: str, entity: str, action: str) -> bool:
         """Casbin's own decision for one role (slow; for explain and tests)."""
@@ -87,7 +93,8 @@ def load_policy(directory: Path, *, regions: Sequence[str], entities: Sequence[s
         if not path.is_file():
             raise PolicyError(f"policy file {path} does not exist")
     digest = hashlib.sha256(model_path.read_bytes() + b"\0" + policy_path.read_bytes())
-    _check_lines(policy_path, regions=regions, entities=entities)
+    resources = resource_actions(tuple(entities))
+    _check_lines(policy_path, regions=regions, resources=resources)
     # pycasbin logs every loaded line at INFO through the root logger's handlers.
     logging.getLogger("casbin").setLevel(logging.WARNING)
     try:
@@ -106,6 +113,7 @@ def load_policy(directory: Path, *, regions: Sequence[str], entities: Sequence[s
         roles=roles,
         regions=tuple(regions),
         entities=tuple(entities),
+        resources=resources,
     )
     policy._index.update(_compile(policy))
     return policy
@@ -116,7 +124,12 @@ def _compile(policy: Policy) -> dict[tuple[str, str, str, str], Effect]:
     for role in policy.roles:
         granted = {role, *policy.enforcer.get_implicit_roles_for_user(role)}
         mine = [r for r in policy.rules if r.role in granted]
-        for region, entity, action in product(policy.regions, policy.entities, ACTIONS):
+        requests = (
+            (region, entity, action)
+            for region, (entity, actions) in product(policy.regions, policy.resources.items())
+            for action in actions
+        )
+        for region, entity, action in requests:
             effects = {
                 r.effect
                 for r in mine
@@ -135,10 +148,12 @@ def _covers(pattern: str, value: str) -> bool:
     return pattern in (WILDCARD, value)
 
 
-def _check_lines(path: Path, *, regions: Iterable[str], entities: Iterable[str]) -> None:
+def _check_lines(
+    path: Path, *, regions: Iterable[str], resources: Mapping[str, tuple[str, ...]]
+) -> None:
     known_regions = {*regions, WILDCARD}
-    known_entities = {*entities, WILDCARD}
-    known_actions = {*ACTIONS, WILDCARD}
+    known_entities = {*resources, WILDCARD}
+    all_actions = {a for actions in resources.values() for a in actions}
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -169,7 +184,8 @@ def _check_lines(path: Path, *, regions: Iterable[str], entities: Iterable[str])
             raise PolicyError(f"{where}: unknown region {region!r}")
         if entity not in known_entities:
             raise PolicyError(f"{where}: unknown entity {entity!r}")
-        if action not in known_actions:
-            raise PolicyError(f"{where}: unknown action {action!r}")
+        allowed_actions = resources.get(entity, all_actions)
+        if action != WILDCARD and action not in allowed_actions:
+            raise PolicyError(f"{where}: unknown action {action!r} for {entity}")
         if effect not in ("allow", "deny"):
             raise PolicyError(f"{where}: the effect must be allow or deny")

@@ -1,60 +1,14 @@
-"""The `bastion` command: serve, migrate, tokens, demo, db."""
+"""The `bastion` group and its core commands: serve, migrate, tokens, demo, db."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import click
-import structlog
 
 from bastion import migrate as migrations
-from bastion.config import ConfigError, Settings, load_settings
-from bastion.errors import BastionError
-from bastion.logs import configure_logging
-from bastion.policy.engine import PolicyError
-from bastion.state import State, build_state
-
-log = structlog.get_logger("bastion.cli")
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_format, settings.log_level)
-    if settings.generated_secret:
-        log.warning(
-            "development_secret",
-            detail="using a generated development secret; set BASTION_SECRET_KEY in production",
-            home=str(settings.home),
-        )
-    return settings
-
-
-def _embedded(settings: Settings) -> bool:
-    """Whether every database is a SQLite file of the embedded default (auto-migrated)."""
-    urls = [settings.control_url, *(r.url for r in settings.regions.values())]
-    return all(url.get_secret_value().startswith("sqlite") for url in urls)
-
-
-@contextmanager
-def _state(settings: Settings) -> Iterator[State]:
-    if _embedded(settings):
-        migrations.migrate_all(settings)
-    try:
-        state = build_state(settings)
-    except PolicyError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        yield state
-    except BastionError as exc:
-        raise click.ClickException(exc.detail) from None
-    finally:
-        state.close()
+from bastion.cli.common import cli_settings, is_embedded, log, open_state
 
 
 @click.group()
@@ -73,8 +27,8 @@ def serve(host: str, port: int, workers: int) -> None:
 
     from bastion.app import create_app
 
-    settings = _settings()
-    if _embedded(settings):
+    settings = cli_settings()
+    if is_embedded(settings):
         migrations.migrate_all(settings)
     log.info("serving", url=f"http://{host}:{port}", regions=list(settings.regions))
     if workers > 1:
@@ -94,7 +48,7 @@ def serve(host: str, port: int, workers: int) -> None:
 @main.command()
 def migrate() -> None:
     """Bring the control database and every region database to the latest schema."""
-    settings = _settings()
+    settings = cli_settings()
     for name, revision in migrations.migrate_all(settings):
         click.echo(f"{name}: at {revision}")
 
@@ -120,8 +74,8 @@ def tokens_create(
     expires_in_days: int | None,
 ) -> None:
     """Create a token; the token is printed once, alone on the last line."""
-    settings = _settings()
-    with _state(settings) as state:
+    settings = cli_settings()
+    with open_state(settings) as state:
         issued = state.tokens.issue(
             principal_name=principal_name,
             roles=roles,
@@ -142,8 +96,8 @@ def tokens_create(
 @tokens.command("list")
 def tokens_list() -> None:
     """List tokens (never their secrets)."""
-    settings = _settings()
-    with _state(settings) as state:
+    settings = cli_settings()
+    with open_state(settings) as state:
         infos = state.tokens.list()
     click.echo(f"{'TOKEN':<17} {'PRINCIPAL':<24} {'ROLES':<28} {'REGIONS':<10} STATUS")
     for info in infos:
@@ -160,8 +114,8 @@ def tokens_list() -> None:
 @click.argument("token_id")
 def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (the 16 characters after `bst_`)."""
-    settings = _settings()
-    with _state(settings) as state:
+    settings = cli_settings()
+    with open_state(settings) as state:
         state.tokens.revoke(token_id)
     click.echo(f"revoked {token_id}")
 
@@ -173,8 +127,8 @@ def demo(host: str, port: int) -> None:
     """Seed demo data in every region (once) and print an admin token and a curl line."""
     from bastion.demo import seed
 
-    settings = _settings()
-    with _state(settings) as state:
+    settings = cli_settings()
+    with open_state(settings) as state:
         issued = state.tokens.issue(
             principal_name="demo-admin", roles=["admin"], description="make run demo token"
         )

@@ -1,0 +1,1 @@
+"""The tamper-evident audit log: events, per-database hash chain, signed checkpoints, verify."""

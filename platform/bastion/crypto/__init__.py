@@ -1,0 +1,1 @@
+"""Field-level encryption: envelope format, key providers, per-subject keys, blind indexes."""

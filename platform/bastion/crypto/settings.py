@@ -1,0 +1,25 @@
+"""Key settings: the `[keys]` table of bastion.toml and `BASTION_KEYS_*` variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class KeySettings(BaseModel):
+    """Which KeyProvider holds each region's key-encryption keys, and the DEK cache.
+
+    `local` keeps KEKs in files under BASTION_HOME (development and tests; refused in
+    production mode). `pkcs11` keeps them in an HSM token per region, found by the
+    label `token_label` with `{region}` replaced by the region name.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["local", "pkcs11"] = "local"
+    pkcs11_module: str | None = None
+    pkcs11_token_label: str = "bastion-{region}"  # noqa: S105 - a label, not a secret
+    pkcs11_pin: SecretStr | None = None
+    cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    cache_ttl_seconds: int = Field(default=300, ge=0, le=86_400)
