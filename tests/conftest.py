@@ -27,9 +27,8 @@ from starlette.testclient import TestClient
 from bastion import migrate as migrations
 from bastion.app import create_app
 from bastion.config import Settings, load_settings
-from bastion.crm.tables import region_metadata
-from bastion.principals.tables import control_metadata
 from bastion.residency.databases import create_db_engine
+from bastion.schema import control_metadata, region_metadata
 from bastion.state import State, build_state
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +110,8 @@ def _truncate_pg(urls: dict[str, str]) -> None:
         tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
         engine = create_engine(url)
         with engine.begin() as conn:
+            # The audit tables' triggers reject TRUNCATE; as superuser, skip them here.
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.execute(text(f"TRUNCATE {tables} CASCADE"))
         engine.dispose()
 

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import secrets
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import insert
 from starlette.testclient import TestClient
+
+from bastion.crm.catalog import FieldSpec
+from bastion.crm.tables import ENTITY_TABLES
+from bastion.residency.databases import Database
+from bastion.residency.ids import RecordId
+from bastion.state import State
 
 
 def account_body(**overrides: Any) -> dict[str, Any]:
@@ -76,3 +89,140 @@ def body_for(
 
 
 ENTITY_NAMES = ("accounts", "contacts", "leads", "opportunities", "activities", "cases")
+
+
+# -- policy tests: principals with roles and teams, valid field values, bulk rows -------
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A test principal: its id, and headers carrying its bearer token."""
+
+    id: str
+    headers: dict[str, str]
+
+
+def caller(
+    state: State,
+    *roles: str,
+    name: str,
+    regions: Sequence[str] = ("eu", "us"),
+    teams: Sequence[str] = (),
+) -> Caller:
+    """Issue a token for a principal holding exactly `roles`, in `regions` and `teams`."""
+    issued = state.tokens.issue(
+        principal_name=name, roles=list(roles), regions=list(regions), teams=list(teams)
+    )
+    return Caller(issued.principal.id, {"Authorization": f"Bearer {issued.secret}"})
+
+
+def principal_id() -> str:
+    """A well-formed principal id (`prn_…`) of nobody in particular."""
+    return "prn_" + "".join(secrets.choice(_BASE32) for _ in range(26))
+
+
+_BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def field_value(
+    field: FieldSpec,
+    *,
+    refs: Mapping[str, str],
+    owner: str,
+    team: str = "t1",
+    text: str = "",
+) -> Any:
+    """A valid value for `field`; `refs` maps an entity to a linkable record id,
+    `text` (if given) goes into text-like fields so tests can look for it."""
+    marker = text or f"{field.name.replace('_', '-')}-value"
+    kind = field.type
+    if kind in ("string", "text"):
+        return marker[: field.max_length] if field.max_length else marker
+    values: dict[str, Any] = {
+        "email": f"{text or 'someone'}@example.com",
+        "phone": "+4930123456",
+        "url": f"https://example.com/{text or 'page'}",
+        "country": "DE",
+        "currency": "EUR",
+        "decimal": "1234.50",
+        "boolean": True,
+        "date": "2027-03-01",
+        "datetime": "2027-03-01T10:00:00Z",
+        "principal": owner,
+        "team": team,
+        "json": {"probe": marker},
+    }
+    if kind == "integer":
+        low = int(field.minimum or 0)
+        return min(low + 7, int(field.maximum)) if field.maximum is not None else low + 7
+    if kind == "enum":
+        return field.choices[0]
+    if kind == "ref":
+        assert field.ref is not None
+        return refs[field.ref]
+    return values[kind]
+
+
+def insert_contacts(
+    database: Database, rows: Sequence[tuple[str | None, str | None]], *, now: datetime
+) -> list[str]:
+    """Insert one contact per (owner_id, team_id) in one transaction (Core, no API):
+    plain columns only. Returns the ids in insertion order."""
+    table = ENTITY_TABLES["contacts"]
+    ids: list[str] = []
+    values = []
+    for index, (owner, team) in enumerate(rows):
+        created = now + timedelta(microseconds=index)
+        record_id = str(RecordId.new("con", database.name, created))
+        ids.append(record_id)
+        values.append(
+            {
+                "id": record_id,
+                "region": database.name,
+                "version": 1,
+                "created_at": created,
+                "updated_at": created,
+                "last_name": f"Bulk {index}",
+                "title": "Buyer",
+                "department": "Procurement",
+                "owner_id": owner,
+                "team_id": team,
+            }
+        )
+    with database.transaction(write=True) as conn:
+        conn.execute(insert(table), values)
+    return ids
+
+
+def policy_dir(
+    directory: Path,
+    *,
+    source: Path,
+    append: Sequence[str] = (),
+    replace: Mapping[str, str] | None = None,
+) -> Path:
+    """Copy the policy files in `source` to `directory` (created), replacing whole
+    lines (each must exist) and appending lines to policy.csv. Returns `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "model.conf", directory / "model.conf")
+    write_policy(directory, (source / "policy.csv").read_text(), append=append, replace=replace)
+    return directory
+
+
+def write_policy(
+    directory: Path,
+    text: str,
+    *,
+    append: Sequence[str] = (),
+    replace: Mapping[str, str] | None = None,
+) -> Path:
+    """Write policy.csv in `directory`: `text` with lines replaced and appended."""
+    lines = text.split("\n")
+    for old, new in (replace or {}).items():
+        assert old in lines, f"no line {old!r} in the policy"
+        lines[lines.index(old)] = new
+    if lines and lines[-1] == "":
+        lines.pop()
+    path = directory / "policy.csv"
+    path.write_text("\n".join([*lines, *append]) + "\n")
+    return path

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from bastion.api import openapi, records, system
+from bastion.api import audit, docs, openapi, policy, records, system
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
 from bastion.config import Settings, load_settings
@@ -29,14 +29,28 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         owned = state is None
         app.state.bastion = state if state is not None else build_state(settings)
+        # This process's audit sequencer: chains and checkpoints in the background.
+        app.state.bastion.audit.start()
+        # Follows the policy version activated in the control database (hot reload).
+        app.state.bastion.policy_watcher.start()
         try:
             yield
         finally:
+            app.state.bastion.policy_watcher.stop()
+            app.state.bastion.audit.stop()
             if owned:
                 app.state.bastion.close()
 
     app = Starlette(
-        routes=[*system.routes, *openapi.routes, *records.routes],
+        # Audit before records: `/v1/{entity}` would otherwise claim `/v1/audit/...`.
+        routes=[
+            *system.routes,
+            *openapi.routes,
+            *docs.routes,
+            *audit.routes,
+            *policy.routes,
+            *records.routes,
+        ],
         middleware=[Middleware(RequestContext, max_body_bytes=settings.max_body_bytes)],
         exception_handlers={
             BastionError: on_bastion_error,

@@ -62,6 +62,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     db_connect_timeout: int = Field(default=3, ge=1, le=60)
     db_pool_size: int = Field(default=10, ge=1, le=200)
+    # How often each worker checks the control database for a newly activated policy.
+    policy_poll_seconds: float = Field(default=2.0, ge=0.1, le=3600)
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     generated_secret: bool = False
@@ -98,6 +100,7 @@ class _FileConfig(BaseModel):
     max_body_bytes: int | None = None
     db_connect_timeout: int | None = None
     db_pool_size: int | None = None
+    policy_poll_seconds: float | None = None
     control: dict[str, str] | None = None
     regions: dict[str, dict[str, str]] | None = None
     keys: dict[str, Any] | None = None
@@ -216,13 +219,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if chosen is not None:
             # `INFO` and `info` mean the same; the setting is an enum of lower-case names.
             values[key] = chosen.lower()
-    for key in ("max_body_bytes", "db_connect_timeout", "db_pool_size"):
+    for key in ("max_body_bytes", "db_connect_timeout", "db_pool_size", "policy_poll_seconds"):
         raw = env.get(f"BASTION_{key.upper()}")
         if raw is not None:
             try:
-                values[key] = int(raw)
+                values[key] = float(raw) if key == "policy_poll_seconds" else int(raw)
             except ValueError:
-                raise ConfigError(f"BASTION_{key.upper()} must be an integer") from None
+                kind = "a number" if key == "policy_poll_seconds" else "an integer"
+                raise ConfigError(f"BASTION_{key.upper()} must be {kind}") from None
         elif getattr(file, key) is not None:
             values[key] = getattr(file, key)
 

@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
-from bastion.crm.service import ListQuery
+from bastion.crm.listing import ListQuery
 from bastion.principals.tokens import Principal
 from bastion.state import State
 

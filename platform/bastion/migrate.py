@@ -36,10 +36,9 @@ from sqlalchemy.schema import Constraint
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from bastion.config import Settings
-from bastion.crm.tables import region_metadata
 from bastion.errors import BastionError
-from bastion.principals.tables import control_metadata
 from bastion.residency.databases import CONTROL, create_db_engine
+from bastion.schema import control_metadata, region_metadata
 
 KINDS = ("control", "region")
 

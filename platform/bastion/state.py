@@ -7,16 +7,25 @@ instances as they like and a policy reload swaps one attribute.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
+import structlog
+
+from bastion.audit import AuditLog, key_ring
 from bastion.clock import Clock, SystemClock
 from bastion.config import Settings
-from bastion.crm.catalog import ENTITIES
 from bastion.crm.cursors import CursorCodec
 from bastion.crm.service import RecordService
-from bastion.policy.engine import Policy, load_policy
+from bastion.crypto.keyring import Keyring, build_keyring
+from bastion.errors import RegionUnavailable
+from bastion.policy.engine import Policy, PolicySource
+from bastion.policy.lint import Finding, checked_policy
+from bastion.policy.store import PolicyChange, PolicyStore, PolicyWatcher
 from bastion.principals.tokens import TokenService
 from bastion.residency.databases import CONTROL, Database, Regions, create_db_engine
+
+log = structlog.get_logger("bastion.state")
 
 
 @dataclass
@@ -26,10 +35,21 @@ class State:
     control: Database
     regions: Regions
     policy: Policy
+    keys: Keyring = field(init=False)
     tokens: TokenService = field(init=False)
     records: RecordService = field(init=False)
+    policy_store: PolicyStore = field(init=False)
+    policy_watcher: PolicyWatcher = field(init=False)
+    audit: AuditLog = field(init=False)
 
     def __post_init__(self) -> None:
+        self.keys = build_keyring(
+            self.settings.keys,
+            mode=self.settings.mode,
+            home=self.settings.home,
+            regions=self.regions,
+            clock=self.clock,
+        )
         self.tokens = TokenService(
             self.control,
             self.clock,
@@ -42,17 +62,85 @@ class State:
             clock=self.clock,
             cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
         )
+        # One audit chain per database; production fails here if a signing key is missing.
+        self.audit = AuditLog(
+            databases={
+                CONTROL: self.control,
+                **{r: self.regions.get(r) for r in self.regions.names},
+            },
+            clock=self.clock,
+            settings=self.settings.audit,
+            keys=key_ring(
+                self.settings.audit,
+                home=self.settings.home,
+                production=self.settings.mode == "production",
+            ),
+            cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
+        )
+
+        self.policy_store = PolicyStore(self.control, self.clock)
+        self.policy_watcher = PolicyWatcher(
+            self.policy_store,
+            current=lambda: self.policy,
+            build=self.build_policy,
+            swap=self.swap_policy,
+            interval=self.settings.policy_poll_seconds,
+        )
+
+    def build_policy(self, source: PolicySource) -> Policy:
+        """A checked policy for this deployment's regions (`PolicyError` if refused)."""
+        return checked_policy(source, regions=self.regions.names)[0]
+
+    def swap_policy(self, policy: Policy) -> None:
+        # One assignment: a request holds the policy it started with to the end.
+        self.policy = policy
+
+    def reload_policy(
+        self, *, actor: str, reason: str
+    ) -> tuple[Policy, PolicyChange | None, list[Finding]]:
+        """Load the policy files, refuse them if they do not pass, else activate them
+        here and (through the control database) in every other worker."""
+        source = PolicySource.from_directory(self.settings.policies_dir)
+        policy, findings = checked_policy(source, regions=self.regions.names)
+        change = self.policy_store.activate(source, actor=actor, reason=reason)
+        self.swap_policy(policy)
+        return policy, change, findings
+
+    def follow_active_policy(self, *, activate_files: bool = True) -> None:
+        """At start: activate our files if their version was never recorded (servers
+        only, not CLI commands), then run whatever version is active (so an old host
+        never rolls a policy back)."""
+        try:
+            if activate_files:
+                self.policy_store.activate(
+                    self.policy.source,
+                    actor=f"system:start@{socket.gethostname()}",
+                    reason="first start with these policy files",
+                    only_if_new=True,
+                )
+            self.policy_watcher.sync()
+        except RegionUnavailable:
+            log.warning("policy_store_unavailable", detail="running the policy files as loaded")
 
     def close(self) -> None:
+        self.policy_watcher.stop()
+        self.audit.close()
+        self.keys.close()
         self.regions.dispose()
         self.control.engine.dispose()
 
 
-def build_state(settings: Settings, *, clock: Clock | None = None) -> State:
-    """Engines for the control database and every region, and the loaded policy."""
-    policy = load_policy(
-        settings.policies_dir, regions=settings.region_names(), entities=tuple(ENTITIES)
-    )
+def build_state(
+    settings: Settings, *, clock: Clock | None = None, activate_policy_files: bool = True
+) -> State:
+    """Engines for the control database and every region, and the loaded policy.
+
+    A server activates its policy files at start when their version is new; CLI
+    commands pass `activate_policy_files=False` and only follow the active version
+    (`bastion policy reload` is how the CLI activates files).
+    """
+    source = PolicySource.from_directory(settings.policies_dir)
+    policy, _findings = checked_policy(source, regions=settings.region_names())
 
     def database(name: str, url: str) -> Database:
         engine = create_db_engine(
@@ -67,10 +155,12 @@ def build_state(settings: Settings, *, clock: Clock | None = None) -> State:
             for name, region in settings.regions.items()
         }
     )
-    return State(
+    state = State(
         settings=settings,
         clock=clock or SystemClock(),
         control=control,
         regions=regions,
         policy=policy,
     )
+    state.follow_active_policy(activate_files=activate_policy_files)
+    return state

@@ -7,19 +7,23 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import html
 from functools import cache
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 import bastion
+from bastion.api import audit as audit_api
+from bastion.api import policy as policy_api
+from bastion.api.auth import authenticate, state_of
+from bastion.api.openapi_tailor import tailored
 from bastion.api.problems import JSON
 from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.crm.listing import DEFAULT_LIMIT, MAX_LIMIT
+from bastion.crm.records import WITHHELD
 from bastion.crm.schemas import create_model, json_schema, patch_model
-from bastion.crm.service import DEFAULT_LIMIT, MAX_LIMIT
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
 _ERRORS = {
@@ -54,11 +58,16 @@ def _record_schema(spec: EntitySpec) -> dict[str, Any]:
         )
         if field.read_only:
             properties[field.name] = {**properties[field.name], "readOnly": True}
+    properties[WITHHELD] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Fields of this record the caller may not read (absent from it).",
+    }
     return {
         "type": "object",
         "description": spec.description,
         "properties": properties,
-        "required": ["id", "region", "version", "created_at", "updated_at"],
+        "required": ["id", "region", "version", "created_at", "updated_at", WITHHELD],
         "x-data-subject": spec.data_subject,
     }
 
@@ -287,6 +296,8 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "The converted records."}, "409": _PROBLEM},
         }
     }
+    paths.update(policy_api.openapi_paths(_PROBLEM))
+    paths.update(audit_api.openapi_paths())
     paths["/v1/me"] = {
         "get": {
             "operationId": "me",
@@ -328,68 +339,13 @@ def openapi_document() -> dict[str, Any]:
     }
 
 
-async def openapi_json(_request: Request) -> Response:
-    return JSON(openapi_document())
+async def openapi_json(request: Request) -> Response:
+    """The whole contract; with a bearer token, the caller's own view of it (only the
+    operations, fields and filters its roles allow, and its effective permissions)."""
+    if request.headers.get("authorization") is None:
+        return JSON(openapi_document())
+    principal = await authenticate(request)
+    return JSON(tailored(openapi_document(), state_of(request).policy, principal))
 
 
-@cache
-def _docs_html() -> str:
-    document = openapi_document()
-    parts = [
-        "<!doctype html><html lang=en><head><meta charset=utf-8>",
-        "<title>Bastion API</title><style>body{font:15px/1.5 system-ui,sans-serif;"
-        "max-width:70em;margin:2em auto;padding:0 1em}table{border-collapse:collapse;"
-        "width:100%}td,th{border-bottom:1px solid #ddd;padding:.25em .5em;text-align:left}"
-        "code{background:#f4f4f4;padding:0 .2em}</style></head><body>",
-        "<h1>Bastion API</h1>",
-        f"<p>{html.escape(document['info']['description'])}</p>",
-        "<p>Machine-readable: <a href=/openapi.json>/openapi.json</a> (OpenAPI 3.1). "
-        "Authenticate with <code>Authorization: Bearer &lt;token&gt;</code>. Errors are "
-        "<code>application/problem+json</code>.</p><h2>Endpoints</h2><table>",
-        "<tr><th>Method</th><th>Path</th><th>Summary</th></tr>",
-    ]
-    for path, item in document["paths"].items():
-        for method, operation in item.items():
-            if method == "parameters":
-                continue
-            parts.append(
-                f"<tr><td>{method.upper()}</td><td><code>{html.escape(path)}</code></td>"
-                f"<td>{html.escape(operation.get('summary', ''))}</td></tr>"
-            )
-    parts.append("</table><h2>Entities and fields</h2>")
-    for spec in ENTITIES.values():
-        parts.append(
-            f"<h3 id={spec.name}>{spec.name}</h3><p>{html.escape(spec.description)} "
-            f"Ids: <code>{spec.prefix}_&lt;region&gt;_…</code></p><table><tr><th>Field</th>"
-            "<th>Type</th><th>Required</th><th>Classification</th><th>Category</th>"
-            "<th>Description</th></tr>"
-        )
-        for field in spec.fields:
-            flags = [
-                flag
-                for flag, on in (
-                    ("searchable", field.searchable),
-                    ("read-only", field.read_only),
-                )
-                if on
-            ]
-            parts.append(
-                f"<tr><td><code>{field.name}</code></td><td>{field.type}</td>"
-                f"<td>{'yes' if field.required else ''}</td><td>{field.classification}"
-                f"{' (' + ', '.join(flags) + ')' if flags else ''}</td>"
-                f"<td>{html.escape(field.category)}</td>"
-                f"<td>{html.escape(field.description)}</td></tr>"
-            )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "".join(parts)
-
-
-async def docs(_request: Request) -> Response:
-    return HTMLResponse(_docs_html())
-
-
-routes = [
-    Route("/openapi.json", openapi_json, methods=["GET"]),
-    Route("/docs", docs, methods=["GET"]),
-]
+routes = [Route("/openapi.json", openapi_json, methods=["GET"])]

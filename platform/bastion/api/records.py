@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
 from bastion.api.problems import JSON
-from bastion.crm.service import LIST_PARAMETERS, ListQuery, etag
+from bastion.crm.listing import LIST_PARAMETERS, ListQuery
+from bastion.crm.records import etag
 from bastion.errors import BadRequest, MalformedBody, UnsupportedMediaType
 
 _JSON_TYPES = ("application/json",)

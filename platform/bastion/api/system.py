@@ -9,31 +9,13 @@ from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
 from bastion.api.problems import JSON
-from bastion.crm.catalog import ENTITIES
+from bastion.crm.permissions import effective_permissions, system_permissions
 
 
 async def me(request: Request) -> Response:
     """The caller and what the policy lets it do, per entity and region."""
     principal = await authenticate(request)
-    state = state_of(request)
-    policy = state.policy
-    permissions = {}
-    for name, spec in ENTITIES.items():
-        by_region = {
-            region: list(policy.actions(principal.roles, region, name))
-            for region in principal.regions
-        }
-        actions = sorted({a for granted in by_region.values() for a in granted})
-        writes = {"create", "update"} & set(actions)
-        permissions[name] = {
-            "actions": actions,
-            "regions": by_region,
-            # Field masks and row scopes come with the policy layer; until then a
-            # role that may read an entity reads all its fields, in all its rows.
-            "read_fields": [f.name for f in spec.fields] if "read" in actions else [],
-            "write_fields": [f.name for f in spec.writable_fields()] if writes else [],
-            "scope": "all" if actions else None,
-        }
+    policy = state_of(request).policy
     return JSON(
         {
             "id": principal.id,
@@ -42,7 +24,8 @@ async def me(request: Request) -> Response:
             "regions": list(principal.regions),
             "teams": list(principal.teams),
             "policy_version": policy.version,
-            "permissions": permissions,
+            "permissions": effective_permissions(policy, principal),
+            "resources": system_permissions(policy, principal),
         }
     )
 

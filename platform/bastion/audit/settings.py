@@ -6,10 +6,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class AuditSettings(BaseModel):
-    """Checkpoint cadence and retention of the per-database audit chains.
+    """Checkpoint cadence, sequencer pace and retention of the per-database audit chains.
 
     The Ed25519 checkpoint signing keys live outside the databases, under
     `signing_key_dir` (default: `<BASTION_HOME>/audit-keys`), one per database.
+    `origin` prefixes every chain's name in signed checkpoints
+    (`<origin>/<database>`); make it unique per deployment (e.g. your domain) so a
+    third party keeping checkpoints of several deployments can tell them apart.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -18,3 +21,11 @@ class AuditSettings(BaseModel):
     checkpoint_interval_seconds: int = Field(default=60, ge=1, le=86_400)
     checkpoint_every_events: int = Field(default=10_000, ge=1, le=10_000_000)
     retention_days: int = Field(default=2557, ge=1, le=36_500)
+    # How often each process's background sequencer looks for pending events.
+    sequencer_interval_seconds: float = Field(default=0.5, ge=0.05, le=60)
+    # Events chained per sequencer transaction.
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    origin: str = Field(
+        default="bastion.local/audit",
+        pattern=r"^[a-z0-9][a-z0-9.-]{0,62}(/[a-z0-9._-]{1,63}){0,4}$",
+    )

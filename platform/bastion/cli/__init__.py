@@ -1,5 +1,12 @@
 """The `bastion` command. Each command group lives in its own module and is added here."""
 
+from bastion.cli.audit import audit
+from bastion.cli.keys import keys
 from bastion.cli.main import main
+from bastion.cli.policy import policy
+
+main.add_command(audit)
+main.add_command(keys)
+main.add_command(policy)
 
 __all__ = ["main"]

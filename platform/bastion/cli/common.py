@@ -44,7 +44,7 @@ def open_state(settings: Settings) -> Iterator[State]:
     if is_embedded(settings):
         migrations.migrate_all(settings)
     try:
-        state = build_state(settings)
+        state = build_state(settings, activate_policy_files=False)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from None
     try:

@@ -4,6 +4,10 @@ Validation (`crm.schemas`), the tables (`crm.tables`), the OpenAPI document, the
 policy's field names and, later, encryption and data subjects' requests are all
 derived from these declarations. Adding a field here is the whole job of adding a
 field (plus its migration, which `bastion db check` demands).
+
+This module is a leaf: it imports nothing from Bastion, so every domain (policy,
+crypto, audit, dsr) may import it — the one exception to "domains import downward
+only", because the catalog is the vocabulary they all share.
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ class FieldSpec:
         return not self.encrypted and self.type in _SORTABLE_TYPES
 
     @property
+    def index_column(self) -> str | None:
+        """The column of this field's blind index (encrypted searchable fields only)."""
+        return f"{self.name}_bidx" if self.encrypted and self.searchable else None
+
+    @property
     def filterable(self) -> bool:
         if self.encrypted:
             return self.searchable
@@ -95,6 +104,10 @@ class EntitySpec:
     data_subject: bool = False
     # At least one of these fields must be set (e.g. an activity must be about something).
     require_one_of: tuple[str, ...] = ()
+    # Whose data key encrypts this record's encrypted fields: the first of these links
+    # that is set (the person an activity or case is about), else the record itself.
+    # Erasing that person then shreds these fields too.
+    key_subject_from: tuple[str, ...] = ()
     _by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +122,10 @@ class EntitySpec:
 
     def writable_fields(self) -> Iterator[FieldSpec]:
         return (f for f in self.fields if not f.read_only)
+
+    @property
+    def encrypted_fields(self) -> tuple[FieldSpec, ...]:
+        return tuple(f for f in self.fields if f.encrypted)
 
 
 # Fields every entity has, after its own. `id`, `region`, `version`, `created_at` and
@@ -454,6 +471,7 @@ ACTIVITIES = EntitySpec(
     prefix="act",
     description="Calls, emails, meetings, tasks and notes about a person, account or deal.",
     require_one_of=("contact_id", "lead_id", "account_id", "opportunity_id"),
+    key_subject_from=("contact_id", "lead_id", "account_id"),
     fields=(
         FieldSpec(
             "type",
@@ -503,6 +521,7 @@ CASES = EntitySpec(
     singular="case",
     prefix="cas",
     description="Customer service cases.",
+    key_subject_from=("contact_id", "account_id"),
     fields=(
         FieldSpec("subject", "string", "Short summary.", required=True, max_length=255),
         FieldSpec(

@@ -46,12 +46,17 @@ def insert_record(conn: Connection, spec: EntitySpec, values: Mapping[str, Any])
 
 
 def fetch(
-    conn: Connection, spec: EntitySpec, record_id: str, *, lock: bool = False
+    conn: Connection,
+    spec: EntitySpec,
+    record_id: str,
+    *,
+    scope: ColumnElement[bool] | None = None,
 ) -> Row[Any] | None:
+    """The row with this id, if it exists and falls inside `scope` (a row scope's WHERE)."""
     table = ENTITY_TABLES[spec.name]
     query = select(table).where(table.c.id == record_id)
-    if lock:
-        query = query.with_for_update()
+    if scope is not None:
+        query = query.where(scope)
     return conn.execute(query).one_or_none()
 
 
@@ -83,9 +88,18 @@ def delete_record(
     return result.rowcount == 1
 
 
-def exists(conn: Connection, spec: EntitySpec, record_id: str) -> bool:
+def exists(
+    conn: Connection,
+    spec: EntitySpec,
+    record_id: str,
+    *,
+    scope: ColumnElement[bool] | None = None,
+) -> bool:
     table = ENTITY_TABLES[spec.name]
-    return conn.execute(select(table.c.id).where(table.c.id == record_id)).first() is not None
+    query = select(table.c.id).where(table.c.id == record_id)
+    if scope is not None:
+        query = query.where(scope)
+    return conn.execute(query).first() is not None
 
 
 def list_records(

@@ -12,7 +12,14 @@ class KeySettings(BaseModel):
 
     `local` keeps KEKs in files under BASTION_HOME (development and tests; refused in
     production mode). `pkcs11` keeps them in an HSM token per region, found by the
-    label `token_label` with `{region}` replaced by the region name.
+    label `pkcs11_token_label` with `{region}` replaced by the region name, through
+    the vendor's PKCS#11 library `pkcs11_module`, logged into with `pkcs11_pin`.
+
+    `cache_size` unwrapped DEKs are kept per process for at most `cache_ttl_seconds`
+    (0 disables the cache). The TTL also bounds how long *another* process may keep
+    decrypting with a DEK after a shred. `blind_index_bits` is the length of blind
+    indexes (see `bastion.crypto.blindindex` for how to choose it); changing it
+    after data was written means recomputing every index.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -23,3 +30,4 @@ class KeySettings(BaseModel):
     pkcs11_pin: SecretStr | None = None
     cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
     cache_ttl_seconds: int = Field(default=300, ge=0, le=86_400)
+    blind_index_bits: int = Field(default=16, ge=8, le=32)

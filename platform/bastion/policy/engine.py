@@ -1,191 +1,290 @@
-"""The loaded Casbin policy and the decision index compiled from it.
+"""The loaded policy: Casbin as the source of truth, a compiled index for requests.
 
-Casbin is the source of truth: `policies/model.conf` and `policies/policy.csv` are
-loaded by pycasbin's own file adapter, and `Policy.enforcer` answers explain and
-policy-test questions exactly as Casbin would. Requests, however, never call
-`enforce`: it scans every policy line (milliseconds at a few thousand lines, see
-research/policy-engine.md). At load time the policy is compiled into a dict keyed
-by (role, region, entity, action); a request costs one dict lookup per role.
-`tests/unit/policy` checks that the index and `enforce` agree on every request.
+`policies/model.conf` and `policies/policy.csv` are loaded by pycasbin's own file
+adapter; `Policy.enforce` and `Policy.enforce_field` answer exactly as Casbin does
+(explain and `bastion policy test` use them). Requests use the compiled index
+(`bastion.policy.compiled`), which tests prove equal to `enforce`.
 
-Deny overrides allow, across a principal's roles too: a principal holding `admin`
-and `auditor` is denied what `auditor` is denied (separation of duties).
+A `Policy` never changes once built: a reload builds a new one aside and swaps one
+reference (`PolicyHolder`), so a request sees one policy from start to end.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from itertools import product
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import casbin
 
+from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.policy.compiled import CompiledPolicy, FieldMask, RowScope
+from bastion.policy.conditions import RecordFacts, condition_holds, scope_covers
 from bastion.policy.resources import RECORD_ACTIONS, resource_actions
+from bastion.policy.rules import (
+    FieldAction,
+    ParsedPolicy,
+    PolicyError,
+    catalog_groups,
+    parse_policy,
+)
+
+__all__ = ["ACTIONS", "Policy", "PolicyError", "PolicySource", "build_policy", "load_policy"]
 
 ACTIONS = RECORD_ACTIONS
-WILDCARD = "*"
-_LINE_RE = re.compile(r"[A-Za-z0-9_.*\- ,]+")
-Effect = Literal["allow", "deny"]
-
-
-class PolicyError(Exception):
-    """The policy files are missing or invalid; the message names file and line."""
+MODEL_FILE = "model.conf"
+POLICY_FILE = "policy.csv"
+# The request and policy shapes Bastion compiles; a model.conf that changes them
+# would make the index and Casbin disagree, so it is refused.
+_EXPECTED_MODEL = {
+    ("r", "r"): ["r_sub", "r_dom", "r_obj", "r_act", "r_rec"],
+    ("r", "r2"): ["r2_sub", "r2_dom", "r2_obj", "r2_act", "r2_rec"],
+    ("p", "p"): ["p_sub", "p_dom", "p_obj", "p_act", "p_scope", "p_eft"],
+    ("p", "p2"): ["p2_sub", "p2_dom", "p2_obj", "p2_act", "p2_cond", "p2_eft"],
+}
+_CASBIN_LOCK = threading.Lock()  # pycasbin enforcers are not thread-safe
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    role: str
-    region: str
-    entity: str
-    action: str
-    effect: Effect
+class PolicySource:
+    """The text of a policy: what its version hashes and what a reload ships around."""
+
+    model_text: str
+    policy_text: str
+    origin: str  # the directory it was read from, or where else it came from
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256(
+            self.model_text.encode() + b"\0" + self.policy_text.encode()
+        ).hexdigest()
+        return digest[:16]
+
+    @classmethod
+    def from_directory(cls, directory: Path) -> PolicySource:
+        texts = []
+        for name in (MODEL_FILE, POLICY_FILE):
+            path = directory / name
+            if not path.is_file():
+                raise PolicyError(f"policy file {path} does not exist")
+            try:
+                texts.append(path.read_bytes().decode("utf-8"))
+            except UnicodeDecodeError:
+                raise PolicyError(f"{path}: the file is not UTF-8") from None
+            except OSError as exc:
+                raise PolicyError(f"cannot read {path}: {exc.strerror}") from None
+        return cls(texts[0], texts[1], str(directory))
 
 
-@dataclass(slots=True)
 class Policy:
-    """An immutable, loaded policy. Build a new one to reload; never mutate."""
+    """A loaded, immutable policy and its decision index."""
 
-    version: str
-    enforcer: casbin.Enforcer
-    rules: tuple[Rule, ...]
-    roles: frozenset[str]
-    regions: tuple[str, ...]
-    entities: tuple[str, ...]
-    resources: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _index: dict[tuple[str, str, str, str], Effect] = field(default_factory=dict)
-    _memo: dict[tuple[frozenset[str], str, str, str], bool] = field(default_factory=dict)
-
-    def allows(self, roles: frozenset[str], region: str, entity: str, action: str) -> bool:
-        """Whether a principal holding `roles` may do `action` on `entity` in `region`."""
-        key = (roles, region, entity, action)
-        decided = self._memo.get(key)
-        if decided is None:
-            effects = {self._index.get((role, region, entity, action)) for role in roles}
-            decided = "allow" in effects and "deny" not in effects
-            self._memo[key] = decided
-        return decided
-
-    def actions(self, roles: frozenset[str], region: str, entity: str) -> tuple[str, ...]:
-        """The actions on `entity` (a CRM entity or a system resource) `roles` may take."""
-        return tuple(
-            a for a in self.resources.get(entity, ()) if self.allows(roles, region, entity, a)
+    def __init__(
+        self,
+        *,
+        source: PolicySource,
+        parsed: ParsedPolicy,
+        enforcer: casbin.Enforcer,
+        regions: tuple[str, ...],
+        entities: tuple[str, ...],
+        resources: Mapping[str, tuple[str, ...]],
+        catalog: Mapping[str, EntitySpec],
+    ) -> None:
+        self.source = source
+        self.version = source.version
+        self.parsed = parsed
+        self.enforcer = enforcer
+        self.regions = regions
+        self.entities = entities
+        self.resources = dict(resources)
+        self.catalog = catalog
+        self.roles = parsed.roles
+        self.implied_roles = {
+            role: frozenset({role, *enforcer.get_implicit_roles_for_user(role)})
+            for role in self.roles
+        }
+        self.compiled = CompiledPolicy(
+            entity_rules=parsed.entity_rules,
+            field_rules=parsed.field_rules,
+            implied_roles=self.implied_roles,
+            regions=regions,
+            resources=self.resources,
         )
 
-    def enforce(self, role: str, region: str, entity: str, action: str) -> bool:
-        """Casbin's own decision for one role (slow; for explain and tests)."""
-        return bool(self.enforcer.enforce(role, region, entity, action))
+    # -- the request path: compiled ----------------------------------------------------
+
+    def scope(self, roles: frozenset[str], region: str, resource: str, action: str) -> RowScope:
+        """The rows `roles` may take `action` on; `permits_any` is False when forbidden."""
+        return self.compiled.scope(roles, region, resource, action)
+
+    def allows(self, roles: frozenset[str], region: str, resource: str, action: str) -> bool:
+        """Whether `roles` may take `action` on `resource` in `region` (on some rows)."""
+        return self.compiled.scope(roles, region, resource, action).permits_any
+
+    def actions(self, roles: frozenset[str], region: str, resource: str) -> tuple[str, ...]:
+        """The actions on `resource` (a CRM entity or a system resource) `roles` may take."""
+        return tuple(
+            a for a in self.resources.get(resource, ()) if self.allows(roles, region, resource, a)
+        )
+
+    def mask(
+        self, roles: frozenset[str], region: str, entity: str, action: FieldAction
+    ) -> FieldMask:
+        """The fields of `entity` `roles` may read or write in `region`."""
+        return self.compiled.mask(roles, region, entity, action)
+
+    # -- Casbin itself: explain and tests ----------------------------------------------
+
+    def enforce(
+        self,
+        roles: str | Sequence[str],
+        region: str,
+        resource: str,
+        action: str,
+        facts: RecordFacts | None = None,
+    ) -> bool:
+        """Casbin's own decision for a principal holding `roles` (slow; not for requests)."""
+        facts = facts or RecordFacts(resource)
+        return self._enforce(roles, None, region, resource, action, facts)
+
+    def enforce_field(
+        self,
+        roles: str | Sequence[str],
+        region: str,
+        entity: str,
+        field: str,
+        action: FieldAction,
+        facts: RecordFacts | None = None,
+    ) -> bool:
+        """Casbin's own decision on one field (slow; not for requests)."""
+        facts = facts or RecordFacts(entity)
+        return self._enforce(roles, "2", region, f"{entity}.{field}", action, facts)
+
+    def enforce_ex(
+        self,
+        roles: str | Sequence[str],
+        kind: str | None,
+        region: str,
+        obj: str,
+        action: str,
+        facts: RecordFacts,
+    ) -> tuple[bool, list[str]]:
+        """Casbin's decision and the rule it names (`kind` "2" for field rules)."""
+        role_list = [roles] if isinstance(roles, str) else list(roles)
+        with _CASBIN_LOCK:
+            subject = role_list[0] if len(role_list) == 1 else _SYNTHETIC
+            if subject == _SYNTHETIC:
+                # Casbin decides for one subject; linking a synthetic one to all the
+                # roles gives deny-overrides across roles, as the index does.
+                self.enforcer.add_grouping_policies([[_SYNTHETIC, r] for r in role_list])
+            try:
+                args: list[Any] = [subject, region, obj, action, facts]
+                if kind is not None:
+                    args.insert(0, self.enforcer.new_enforce_context(kind))
+                allowed, rule = self.enforcer.enforce_ex(*args)
+            finally:
+                if subject == _SYNTHETIC:
+                    self.enforcer.remove_grouping_policies([[_SYNTHETIC, r] for r in role_list])
+        return bool(allowed), list(rule)
+
+    def _enforce(
+        self,
+        roles: str | Sequence[str],
+        kind: str | None,
+        region: str,
+        obj: str,
+        action: str,
+        facts: RecordFacts,
+    ) -> bool:
+        if not roles:
+            return False
+        return self.enforce_ex(roles, kind, region, obj, action, facts)[0]
 
 
-def load_policy(directory: Path, *, regions: Sequence[str], entities: Sequence[str]) -> Policy:
-    """Load and validate `model.conf` + `policy.csv` from `directory`, then compile.
+_SYNTHETIC = "__bastion_principal__"
 
-    Raises `PolicyError` naming the file and line of the first invalid rule, an
-    unknown region, entity, action or effect included.
-    """
-    model_path = directory / "model.conf"
-    policy_path = directory / "policy.csv"
-    for path in (model_path, policy_path):
-        if not path.is_file():
-            raise PolicyError(f"policy file {path} does not exist")
-    digest = hashlib.sha256(model_path.read_bytes() + b"\0" + policy_path.read_bytes())
-    resources = resource_actions(tuple(entities))
-    _check_lines(policy_path, regions=regions, resources=resources)
-    # pycasbin logs every loaded line at INFO through the root logger's handlers.
-    logging.getLogger("casbin").setLevel(logging.WARNING)
-    try:
-        enforcer = casbin.Enforcer(str(model_path), str(policy_path))
-    except Exception as exc:  # pycasbin raises bare exceptions of many kinds
-        raise PolicyError(f"{model_path}: cannot load the Casbin model: {exc}") from None
-    rules = tuple(
-        Rule(sub, dom, obj, act, eft) for sub, dom, obj, act, eft in enforcer.get_policy()
+
+def load_policy(
+    directory: Path,
+    *,
+    regions: Sequence[str],
+    entities: Sequence[str] = tuple(ENTITIES),
+    catalog: Mapping[str, EntitySpec] = ENTITIES,
+) -> Policy:
+    """Load `model.conf` + `policy.csv` from `directory`; `PolicyError` names file and line."""
+    if not directory.is_dir():
+        raise PolicyError(f"policy directory {directory} does not exist")
+    return build_policy(
+        PolicySource.from_directory(directory),
+        regions=regions,
+        entities=entities,
+        catalog=catalog,
     )
-    inherits = [tuple(link[:2]) for link in enforcer.get_grouping_policy()]
-    roles = frozenset(r.role for r in rules) | frozenset(x for link in inherits for x in link)
-    policy = Policy(
-        version=digest.hexdigest()[:16],
+
+
+def build_policy(
+    source: PolicySource,
+    *,
+    regions: Sequence[str],
+    entities: Sequence[str] = tuple(ENTITIES),
+    catalog: Mapping[str, EntitySpec] = ENTITIES,
+) -> Policy:
+    """Validate, load into Casbin (file adapter) and compile a policy's text."""
+    resources = resource_actions(tuple(entities))
+    policy_path = str(Path(source.origin) / POLICY_FILE)
+    parsed = parse_policy(
+        policy_path, source.policy_text, regions=regions, resources=resources, catalog=catalog
+    )
+    enforcer = _enforcer(source, catalog)
+    return Policy(
+        source=source,
+        parsed=parsed,
         enforcer=enforcer,
-        rules=rules,
-        roles=roles,
         regions=tuple(regions),
         entities=tuple(entities),
         resources=resources,
+        catalog=catalog,
     )
-    policy._index.update(_compile(policy))
-    return policy
 
 
-def _compile(policy: Policy) -> dict[tuple[str, str, str, str], Effect]:
-    index: dict[tuple[str, str, str, str], Effect] = {}
-    for role in policy.roles:
-        granted = {role, *policy.enforcer.get_implicit_roles_for_user(role)}
-        mine = [r for r in policy.rules if r.role in granted]
-        requests = (
-            (region, entity, action)
-            for region, (entity, actions) in product(policy.regions, policy.resources.items())
-            for action in actions
-        )
-        for region, entity, action in requests:
-            effects = {
-                r.effect
-                for r in mine
-                if _covers(r.region, region)
-                and _covers(r.entity, entity)
-                and _covers(r.action, action)
-            }
-            if "deny" in effects:
-                index[(role, region, entity, action)] = "deny"
-            elif "allow" in effects:
-                index[(role, region, entity, action)] = "allow"
-    return index
-
-
-def _covers(pattern: str, value: str) -> bool:
-    return pattern in (WILDCARD, value)
-
-
-def _check_lines(
-    path: Path, *, regions: Iterable[str], resources: Mapping[str, tuple[str, ...]]
-) -> None:
-    known_regions = {*regions, WILDCARD}
-    known_entities = {*resources, WILDCARD}
-    all_actions = {a for actions in resources.values() for a in actions}
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError:
-        raise PolicyError(f"{path}: the file is not UTF-8") from None
-    # Split exactly as Casbin does (on \n only), so the lines checked here are the
-    # lines Casbin loads.
-    for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw.strip(" \t")
-        if not line or line.startswith("#"):
-            continue
-        where = f"{path}:{number}"
-        if _LINE_RE.fullmatch(line) is None:
+def _enforcer(source: PolicySource, catalog: Mapping[str, EntitySpec]) -> casbin.Enforcer:
+    # pycasbin logs every request at INFO and every denial at WARNING, with the
+    # request's arguments — which include record attributes. Never.
+    logging.getLogger("casbin").setLevel(logging.CRITICAL + 1)
+    model_where = str(Path(source.origin) / MODEL_FILE)
+    with tempfile.TemporaryDirectory(prefix="bastion-policy-") as directory:
+        model_path = Path(directory) / MODEL_FILE
+        policy_path = Path(directory) / POLICY_FILE
+        model_path.write_text(source.model_text, encoding="utf-8")
+        policy_path.write_text(source.policy_text, encoding="utf-8")
+        try:
+            enforcer = casbin.Enforcer(str(model_path), str(policy_path))
+        except Exception as exc:  # pycasbin raises bare exceptions of many kinds
+            raise PolicyError(f"{model_where}: cannot load the Casbin model: {exc}") from None
+    model = enforcer.get_model()
+    for (section, key), tokens in _EXPECTED_MODEL.items():
+        assertion = model.model.get(section, {}).get(key)
+        if assertion is None or list(assertion.tokens) != tokens:
             raise PolicyError(
-                f"{where}: only letters, digits, _ . - * and comma-separated spaces are "
-                "allowed in a rule (Casbin reads brackets and control characters specially)"
+                f"{model_where}: Bastion compiles `{key}` as ({', '.join(tokens)}); "
+                "the model defines it differently"
             )
-        parts = [p.strip() for p in line.split(",")]
-        if parts[0] == "g":
-            if len(parts) != 3 or not all(parts[1:]):
-                raise PolicyError(f"{where}: a role link is `g, role, inherited_role`")
-            continue
-        if parts[0] != "p" or len(parts) != 6:
-            raise PolicyError(f"{where}: a rule is `p, role, region, entity, action, allow|deny`")
-        _, role, region, entity, action, effect = parts
-        if not role:
-            raise PolicyError(f"{where}: the role is empty")
-        if region not in known_regions:
-            raise PolicyError(f"{where}: unknown region {region!r}")
-        if entity not in known_entities:
-            raise PolicyError(f"{where}: unknown entity {entity!r}")
-        allowed_actions = resources.get(entity, all_actions)
-        if action != WILDCARD and action not in allowed_actions:
-            raise PolicyError(f"{where}: unknown action {action!r} for {entity}")
-        if effect not in ("allow", "deny"):
-            raise PolicyError(f"{where}: the effect must be allow or deny")
+    for name in ("g", "g2"):
+        if name not in model.model.get("g", {}):
+            raise PolicyError(f"{model_where}: the model must define the role type {name}")
+    enforcer.enable_auto_save(False)
+    enforcer.add_function("scopeCovers", scope_covers)
+    enforcer.add_function("conditionHolds", condition_holds)
+    links = [
+        [f"{entity}.{name}", group]
+        for (entity, name), groups in catalog_groups(catalog).items()
+        for group in groups
+    ]
+    if links:
+        enforcer.add_named_grouping_policies("g2", links)
+    return enforcer

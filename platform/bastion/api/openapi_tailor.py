@@ -1,0 +1,101 @@
+"""The caller's own view of the API: the OpenAPI document cut down to its permissions.
+
+`GET /openapi.json` with a bearer token answers this view: record schemas list only
+the fields the caller may read (fields readable only under a condition carry
+`x-readable-if`), create and patch bodies only the fields it may write, list
+operations only the filters and sorts it may use, operations its roles never allow
+are left out, and `x-bastion-permissions` holds the same effective permissions as
+`/v1/me`. It is derived from the compiled policy, so it is what the pipeline enforces.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from bastion.crm.catalog import ENTITIES, SYSTEM_FIELDS
+from bastion.crm.permissions import effective_permissions, system_permissions
+from bastion.crm.records import WITHHELD
+from bastion.policy.engine import Policy
+from bastion.principals.tokens import Principal
+
+_OPERATIONS = {"get": "list", "post": "create"}
+_ITEM_OPERATIONS = {"get": "read", "patch": "update", "delete": "delete"}
+
+
+def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> dict[str, Any]:
+    view = copy.deepcopy(document)
+    permissions = effective_permissions(policy, principal)
+    schemas = view["components"]["schemas"]
+    paths = view["paths"]
+    for name, spec in ENTITIES.items():
+        granted = permissions[name]
+        title = spec.singular.title().replace(" ", "")
+        readable = set(granted["read_fields"]) | set(granted["conditional_read_fields"])
+        writable = set(granted["write_fields"]) | set(granted["conditional_write_fields"])
+        record = schemas[title]
+        record["properties"] = {
+            key: value
+            for key, value in record["properties"].items()
+            if key in SYSTEM_FIELDS or key == WITHHELD or key in readable
+        }
+        for field, condition in granted["conditional_read_fields"].items():
+            record["properties"][field] = {
+                **record["properties"][field],
+                "x-readable-if": condition,
+            }
+        for body in (f"{title}Create", f"{title}Patch"):
+            schema = schemas[body]
+            schema["properties"] = {
+                key: value
+                for key, value in schema["properties"].items()
+                if key == "region" or key in writable
+            }
+            for field, condition in granted["conditional_write_fields"].items():
+                if field in schema["properties"]:
+                    schema["properties"][field] = {
+                        **schema["properties"][field],
+                        "x-writable-if": condition,
+                    }
+            if "required" in schema:
+                schema["required"] = [r for r in schema["required"] if r in schema["properties"]]
+        allowed = set(granted["actions"])
+        _keep(paths, f"/v1/{name}", _OPERATIONS, allowed)
+        _keep(paths, f"/v1/{name}/{{id}}", _ITEM_OPERATIONS, allowed)
+        listing = paths.get(f"/v1/{name}", {}).get("get")
+        if listing is not None:
+            always = set(granted["read_fields"])
+            listing["parameters"] = [
+                p
+                for p in listing["parameters"]
+                if p["in"] != "query"
+                or p["name"] in ("limit", "cursor", "region", "sort")
+                or p["name"] in always
+            ]
+            for parameter in listing["parameters"]:
+                if parameter["name"] == "sort":
+                    parameter["schema"]["enum"] = [
+                        s
+                        for s in parameter["schema"]["enum"]
+                        if s.lstrip("-") in SYSTEM_FIELDS or s.lstrip("-") in always
+                    ]
+    view["x-bastion-permissions"] = {
+        "principal": principal.id,
+        "roles": sorted(principal.roles),
+        "regions": list(principal.regions),
+        "policy_version": policy.version,
+        "entities": permissions,
+        "resources": system_permissions(policy, principal),
+    }
+    return view
+
+
+def _keep(paths: dict[str, Any], path: str, operations: dict[str, str], allowed: set[str]) -> None:
+    item = paths.get(path)
+    if item is None:
+        return
+    for method, action in operations.items():
+        if action not in allowed:
+            item.pop(method, None)
+    if not any(m in item for m in ("get", "post", "patch", "delete", "put")):
+        paths.pop(path)

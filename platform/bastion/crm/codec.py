@@ -1,0 +1,167 @@
+"""The encrypt/decrypt step: between the catalog's typed values and what is stored.
+
+Fields the catalog marks `encrypted` are stored as AES-256-GCM envelopes
+(`crypto.envelope`) under the data key of the record's *data subject*: a contact's
+or lead's own key; for an activity or case, the key of the person (or account) it
+is about (`EntitySpec.key_subject_from`), else the record's own key; an account's
+own key. The AAD binds region, table, record id and field, so a ciphertext copied
+to another row, field, table or region does not decrypt. Searchable fields also
+store a blind index (`<field>_bidx`) of the normalised value.
+
+Decryption happens only for the fields a caller may read, inside the request's
+transaction. A value whose key was destroyed (an erased data subject) is not
+decrypted into garbage: it is reported as erased.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection
+
+from bastion.crm.catalog import EntitySpec, FieldSpec
+from bastion.crypto.envelope import FieldContext
+from bastion.crypto.errors import KeyDestroyed
+from bastion.crypto.keyring import Keyring
+from bastion.crypto.normalize import IndexKind, normalize
+
+_INDEX_KINDS: Mapping[str, IndexKind] = {"email": "email", "phone": "phone"}
+
+
+def index_kind(field: FieldSpec) -> IndexKind:
+    """How a searchable field is normalised before indexing: emails and phones by
+    their rules, other text (names) case- and space-insensitively."""
+    return _INDEX_KINDS.get(field.type, "name")
+
+
+def to_plaintext(field: FieldSpec, value: Any) -> bytes:
+    """The bytes sealed for a typed value (UTF-8 text; ISO dates; JSON for the rest)."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, datetime | date):
+        return value.isoformat().encode("ascii")
+    if isinstance(value, Decimal):
+        return str(value).encode("ascii")
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def from_plaintext(field: FieldSpec, data: bytes) -> Any:
+    text = data.decode("utf-8")
+    match field.type:
+        case "date":
+            return date.fromisoformat(text)
+        case "datetime":
+            return datetime.fromisoformat(text)
+        case "decimal":
+            return Decimal(text)
+        case "integer" | "boolean" | "json":
+            return json.loads(text)
+        case _:
+            return text
+
+
+@dataclass(frozen=True, slots=True)
+class Revealed:
+    """A stored record with the permitted encrypted fields decrypted."""
+
+    values: dict[str, Any]
+    erased: tuple[str, ...]  # fields whose data key was destroyed
+
+
+class RecordCodec:
+    def __init__(self, keyring: Keyring) -> None:
+        self._keys = keyring
+
+    @staticmethod
+    def key_subject(spec: EntitySpec, record_id: str, values: Mapping[str, Any]) -> str:
+        """Whose data key encrypts this record's fields."""
+        for name in spec.key_subject_from:
+            linked = values.get(name)
+            if linked is not None:
+                return str(linked)
+        return record_id
+
+    def seal_fields(
+        self,
+        conn: Connection,
+        spec: EntitySpec,
+        region: str,
+        record_id: str,
+        values: Mapping[str, Any],
+        subject_id: str,
+        fields: Collection[str] | None = None,
+    ) -> dict[str, Any]:
+        """Column values for `values`: encrypted fields sealed, blind indexes computed.
+
+        Only the encrypted fields named in `fields` (default: those in `values`) are
+        sealed; other values pass through unchanged.
+        """
+        stored = dict(values)
+        names = set(values) if fields is None else set(fields)
+        for field in spec.encrypted_fields:
+            if field.name not in names:
+                continue
+            value = values.get(field.name)
+            if field.index_column is not None:
+                stored[field.index_column] = (
+                    None if value is None else self.index(conn, spec, region, field, value)
+                )
+            if value is None:
+                stored[field.name] = None
+                continue
+            context = FieldContext(region, spec.table_name, record_id, field.name)
+            stored[field.name] = self._keys.seal(
+                conn, subject_id, to_plaintext(field, value), context
+            )
+        return stored
+
+    def index(
+        self, conn: Connection | None, spec: EntitySpec, region: str, field: FieldSpec, value: Any
+    ) -> bytes:
+        """The blind index of a value of a searchable field."""
+        return self._keys.blind_index(
+            region, spec.table_name, field.name, str(value), kind=index_kind(field), conn=conn
+        )
+
+    def reveal(
+        self,
+        conn: Connection,
+        spec: EntitySpec,
+        region: str,
+        stored: Mapping[str, Any],
+        fields: Collection[str],
+    ) -> Revealed:
+        """The record with the encrypted fields among `fields` decrypted; the other
+        encrypted fields are dropped (never handed on as ciphertext)."""
+        values = dict(stored)
+        erased = []
+        record_id = str(stored["id"])
+        for field in spec.encrypted_fields:
+            blob = values.pop(field.name, None)
+            if field.index_column is not None:
+                values.pop(field.index_column, None)
+            if field.name not in fields or blob is None:
+                values[field.name] = None
+                continue
+            context = FieldContext(region, spec.table_name, record_id, field.name)
+            try:
+                plain = self._keys.unseal(conn, bytes(blob), context)
+            except KeyDestroyed:
+                erased.append(field.name)
+                values[field.name] = None
+                continue
+            values[field.name] = from_plaintext(field, plain)
+        return Revealed(values, tuple(erased))
+
+    def matches(self, field: FieldSpec, value: Any, wanted: Any) -> bool:
+        """Whether a decrypted value equals a filter value once both are normalised
+        (weeds out the false positives a truncated blind index lets through)."""
+        if value is None:
+            return False
+        kind = index_kind(field)
+        return bool(normalize(kind, str(value)) == normalize(kind, str(wanted)))

@@ -1,0 +1,97 @@
+"""A principal's effective permissions, as `/v1/me` and the caller's OpenAPI show them.
+
+Per entity: the actions allowed (in any of the principal's regions), the fields it
+may always read and write, the fields it may read or write only on records meeting
+a condition (with the condition), the row scope of reads, and the same broken down
+per region. Computed from the compiled policy, so it is exactly what the pipeline
+enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bastion.crm.catalog import ENTITIES
+from bastion.policy.engine import Policy
+from bastion.policy.resources import SYSTEM_RESOURCES
+from bastion.principals.tokens import Principal
+
+
+def effective_permissions(policy: Policy, principal: Principal) -> dict[str, Any]:
+    roles = principal.roles
+    permissions: dict[str, Any] = {}
+    for name, spec in ENTITIES.items():
+        by_region: dict[str, Any] = {}
+        for region in principal.regions:
+            actions = policy.actions(roles, region, name)
+            read = (
+                policy.mask(roles, region, name, "read")
+                if "read" in actions or "list" in actions
+                else None
+            )
+            writes = {"create", "update"} & set(actions)
+            write = policy.mask(roles, region, name, "write") if writes else None
+            by_region[region] = {
+                "actions": list(actions),
+                "scopes": {
+                    action: policy.scope(roles, region, name, action).describe()
+                    for action in actions
+                },
+                "read_fields": _ordered(spec.name, read.always if read else frozenset()),
+                "write_fields": _writable(spec.name, write.always if write else frozenset()),
+                "conditional_read_fields": read.conditions() if read else {},
+                "conditional_write_fields": {
+                    k: v
+                    for k, v in (write.conditions() if write else {}).items()
+                    if not spec_field_read_only(name, k)
+                },
+            }
+        regions = list(by_region.values())
+        all_actions = sorted({a for r in regions for a in r["actions"]})
+        default = by_region.get(principal.default_region) if principal.regions else None
+        permissions[name] = {
+            "actions": all_actions,
+            "read_fields": _ordered(name, {f for r in regions for f in r["read_fields"]}),
+            "write_fields": _writable(name, {f for r in regions for f in r["write_fields"]}),
+            "conditional_read_fields": _merged(regions, "conditional_read_fields"),
+            "conditional_write_fields": _merged(regions, "conditional_write_fields"),
+            "scope": (default["scopes"].get("read", "none") if default else "none"),
+            "regions": by_region,
+        }
+    return permissions
+
+
+def system_permissions(policy: Policy, principal: Principal) -> dict[str, list[str]]:
+    """The actions on Bastion's own resources (audit, keys, policy, tokens, dsr)."""
+    return {
+        resource: sorted(
+            {
+                action
+                for region in principal.regions
+                for action in policy.actions(principal.roles, region, resource)
+            }
+        )
+        for resource in SYSTEM_RESOURCES
+    }
+
+
+def _ordered(entity: str, names: set[str] | frozenset[str]) -> list[str]:
+    """Field names in catalog order, as records show them."""
+    return [f.name for f in ENTITIES[entity].fields if f.name in names]
+
+
+def _writable(entity: str, names: set[str] | frozenset[str]) -> list[str]:
+    """Writable field names: read-only fields are set by Bastion, never by a caller."""
+    return [f.name for f in ENTITIES[entity].writable_fields() if f.name in names]
+
+
+def _merged(regions: list[dict[str, Any]], key: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for region in regions:
+        merged.update(region[key])
+    return merged
+
+
+def spec_field_read_only(entity: str, name: str) -> bool:
+    field = ENTITIES[entity].field(name)
+    return field is not None and field.read_only

@@ -1,0 +1,62 @@
+"""Records as the API shows them: JSON values, ETags, and the read mask applied.
+
+A record leaves the service as a dict of its system fields (`id`, `region`,
+`version`, `created_at`, `updated_at`), the catalog fields the caller may read, and
+`_withheld`: the names of the catalog fields it may not (absent, never null). A
+withheld field's value is dropped here, before the record leaves the service, so
+it cannot reach a response, a log line or an error body.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from bastion.crm.catalog import SYSTEM_FIELDS, EntitySpec
+from bastion.errors import PreconditionRequired
+
+Record = dict[str, Any]
+WITHHELD = "_withheld"
+_ETAG_RE = re.compile(r'(?:W/)?"v([0-9]{1,18})"')
+
+
+def to_json_value(value: Any) -> Any:
+    """The JSON form of a stored value: exact decimals as strings, ISO 8601 times."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def render(spec: EntitySpec, values: Mapping[str, Any], readable: frozenset[str]) -> Record:
+    """The record as the caller may see it: permitted fields only, the rest named."""
+    record: Record = {name: to_json_value(values[name]) for name in SYSTEM_FIELDS}
+    withheld = []
+    for field in spec.fields:
+        if field.name in readable:
+            record[field.name] = to_json_value(values.get(field.name))
+        else:
+            withheld.append(field.name)
+    record[WITHHELD] = withheld
+    return record
+
+
+def etag(record: Mapping[str, Any]) -> str:
+    return f'"v{record["version"]}"'
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The version an `If-Match` header names; None if it names none we could have sent.
+
+    A missing header is the caller's problem (428), so callers check that first.
+    """
+    if header is None:
+        raise PreconditionRequired("this request needs an If-Match header with the record's ETag")
+    match = _ETAG_RE.fullmatch(header.strip())
+    return int(match.group(1)) if match else None
