@@ -142,7 +142,8 @@ def bench_unwrap(number: int, repeat: int, module: str | None, home: Path) -> li
     section = "DEK unwrap"
     binding = aad.dek_wrap("eu", "con_eu_x", os.urandom(16), 1, 1)
     dek = os.urandom(32)
-    providers: list[tuple[str, KeyProvider]] = [("local provider", LocalKeyProvider(home))]
+    local = LocalKeyProvider(home, mode="development")
+    providers: list[tuple[str, KeyProvider]] = [("local provider", local)]
     if module is not None:
         from bastion.crypto.hsm import Pkcs11KeyProvider
 
@@ -174,7 +175,7 @@ def bench_keyring(number: int, repeat: int, home: Path) -> list[Row]:
     engine = create_db_engine(f"sqlite:///{home / 'eu.db'}")
     migrate.upgrade(engine, "region")
     database = Database("eu", engine)
-    provider = LocalKeyProvider(home)
+    provider = LocalKeyProvider(home, mode="development")
     keyring = Keyring(regions=Regions({"eu": database}), provider=provider, clock=SystemClock())
     uncached = Keyring(
         regions=Regions({"eu": database}), provider=provider, clock=SystemClock(), cache_size=0

@@ -28,6 +28,7 @@ from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES
 from bastion.policy.conditions import RecordFacts
 from bastion.policy.engine import Policy, PolicySource, build_policy
+from bastion.principals.caller import Caller
 from benchmarks.environment import POLICIES, REGIONS
 
 ENTITY_NAMES = tuple(ENTITIES)
@@ -144,12 +145,13 @@ def get_share(seconds: float) -> dict[str, float]:
         try:
             issued = state.tokens.issue(principal_name="bench", roles=["sales_rep"], teams=["t1"])
             principal = issued.principal
+            caller = Caller(principal)
             record = state.records.create(
-                principal, "contacts", {"last_name": "Bench", "email": "b@example.com"}
+                caller, "contacts", {"last_name": "Bench", "email": "b@example.com"}
             ).record
 
             def get() -> object:
-                return state.records.get(principal, "contacts", record["id"])
+                return state.records.get(caller, "contacts", record["id"])
 
             def policy_work() -> object:
                 access = Access(state.policy, principal)

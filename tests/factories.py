@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert
 from starlette.testclient import TestClient
 
-from bastion.crm.catalog import FieldSpec
+from bastion.crm.catalog import ENTITIES, FieldSpec
 from bastion.crm.tables import ENTITY_TABLES
 from bastion.residency.databases import Database
 from bastion.residency.ids import RecordId
@@ -24,21 +25,28 @@ def account_body(**overrides: Any) -> dict[str, Any]:
     return {"name": "Nordlicht Energie GmbH", "billing_country": "DE", **overrides}
 
 
+_SERIAL = itertools.count(1)
+
+
 def contact_body(**overrides: Any) -> dict[str, Any]:
+    """A new person each call: a unique email and phone, since creating a contact
+    whose email or phone another one already has is refused as a duplicate."""
+    n = next(_SERIAL)
     return {
         "first_name": "Anna",
         "last_name": "Schmidt",
-        "email": "anna.schmidt@example.com",
-        "phone": "+4930123456",
+        "email": f"anna.schmidt.{n}@example.com",
+        "phone": f"+49301{n:06d}",
         **overrides,
     }
 
 
 def lead_body(**overrides: Any) -> dict[str, Any]:
+    n = next(_SERIAL)
     return {
         "first_name": "Lukas",
         "last_name": "Weber",
-        "email": "lukas@example.com",
+        "email": f"lukas.{n}@example.com",
         "company": "Weber Consulting",
         "status": "working",
         **overrides,
@@ -138,9 +146,12 @@ def field_value(
     kind = field.type
     if kind in ("string", "text"):
         return marker[: field.max_length] if field.max_length else marker
+    # Emails and phone numbers identify people: each value is new, so no create is
+    # refused as a duplicate of another test record.
+    serial = next(_SERIALS)
     values: dict[str, Any] = {
-        "email": f"{text or 'someone'}@example.com",
-        "phone": "+4930123456",
+        "email": f"{text or 'someone'}.{serial}@example.com",
+        "phone": f"+4930{serial:09d}",
         "url": f"https://example.com/{text or 'page'}",
         "country": "DE",
         "currency": "EUR",
@@ -163,12 +174,32 @@ def field_value(
     return values[kind]
 
 
+def unique_identifiers(entity: str) -> dict[str, str]:
+    """New email and phone numbers for whichever of them `entity` has (contacts and
+    leads are refused as duplicates when these match a record the caller can see)."""
+    serial = next(_SERIALS)
+    values = {
+        "email": f"person.{serial}@example.com",
+        "phone": f"+4931{serial:09d}",
+        "mobile": f"+4917{serial:09d}",
+    }
+    spec = ENTITIES[entity]
+    return {name: value for name, value in values.items() if spec.field(name) is not None}
+
+
+_SERIALS = itertools.count(1)
+
+
 def insert_contacts(
     database: Database, rows: Sequence[tuple[str | None, str | None]], *, now: datetime
 ) -> list[str]:
-    """Insert one contact per (owner_id, team_id) in one transaction (Core, no API):
-    plain columns only. Returns the ids in insertion order."""
+    """Insert one filler contact per (owner_id, team_id) in one transaction (Core, not
+    the API), setting plain columns only. The required `last_name` is an encrypted
+    field: where its column holds ciphertext it gets bytes that are no valid ciphertext,
+    so filler rows are for counting and planning, not for reading through the API.
+    Returns the ids in insertion order."""
     table = ENTITY_TABLES["contacts"]
+    binary = table.c.last_name.type.python_type is bytes
     ids: list[str] = []
     values = []
     for index, (owner, team) in enumerate(rows):
@@ -182,7 +213,7 @@ def insert_contacts(
                 "version": 1,
                 "created_at": created,
                 "updated_at": created,
-                "last_name": f"Bulk {index}",
+                "last_name": b"filler" if binary else f"Filler {index}",
                 "title": "Buyer",
                 "department": "Procurement",
                 "owner_id": owner,

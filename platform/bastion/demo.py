@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from bastion.crm.listing import ListQuery
+from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
 from bastion.state import State
 
@@ -39,7 +40,7 @@ _PEOPLE = {
         ("Lukas", "Weber", "+4940"),
         ("Camille", "Dubois", "+3314"),
         ("Sanne", "de Vries", "+3120"),
-        ("João", "Ferreira", "+3512"),
+        ("João", "Ferreira", "+35121"),
         ("Aino", "Virtanen", "+3589"),
         ("Marta", "Kowalska", "+4822"),
         ("Luca", "Rossi", "+3906"),
@@ -65,7 +66,7 @@ def seed(state: State, principal: Principal) -> dict[str, Counter[str]]:
     for region in principal.regions:
         created[region] = Counter()
         existing = state.records.list_records(
-            principal, "accounts", ListQuery(filters={}, limit="1", region=region)
+            Caller(principal), "accounts", ListQuery(filters={}, limit="1", region=region)
         )
         if existing.data:
             continue
@@ -79,11 +80,12 @@ def _seed_region(
     state: State, principal: Principal, region: str, rng: random.Random, counts: Counter[str]
 ) -> None:
     records = state.records
+    caller = Caller(principal)
     today = state.clock.now().date()
 
     def create(entity: str, **values: Any) -> dict[str, Any]:
         counts[entity] += 1
-        return records.create(principal, entity, {"region": region, **values}).record
+        return records.create(caller, entity, {"region": region, **values}).record
 
     people = list(_PEOPLE[region])
     rng.shuffle(people)
@@ -156,10 +158,10 @@ def _seed_region(
             source=rng.choice(["web", "event", "referral"]),
             score=rng.randrange(10, 95),
         )
-    leads = records.list_records(principal, "leads", ListQuery(filters={}, region=region))
+    leads = records.list_records(caller, "leads", ListQuery(filters={}, region=region))
     if leads.data:
         conversion = records.convert_lead(
-            principal,
+            caller,
             leads.data[0]["id"],
             {"opportunity": {"name": "Converted lead — pilot", "amount": "12000.00"}},
         )

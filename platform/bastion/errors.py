@@ -33,6 +33,11 @@ class BastionError(Exception):
     def type_uri(self) -> str:
         return f"urn:bastion:problem:{self.slug}"
 
+    @property
+    def extensions(self) -> dict[str, object]:
+        """Extra problem members (RFC 9457 extensions): ids and names only, never values."""
+        return {}
+
 
 class BadRequest(BastionError):
     status = 400

@@ -11,6 +11,8 @@ import socket
 from dataclasses import dataclass, field
 
 import structlog
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bastion.audit import AuditLog, key_ring
 from bastion.clock import Clock, SystemClock
@@ -56,12 +58,6 @@ class State:
             known_roles=self.policy.roles,
             known_regions=self.regions.names,
         )
-        self.records = RecordService(
-            regions=self.regions,
-            policy=lambda: self.policy,
-            clock=self.clock,
-            cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
-        )
         # One audit chain per database; production fails here if a signing key is missing.
         self.audit = AuditLog(
             databases={
@@ -76,6 +72,15 @@ class State:
                 production=self.settings.mode == "production",
             ),
             cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
+        )
+        self.records = RecordService(
+            regions=self.regions,
+            policy=lambda: self.policy,
+            clock=self.clock,
+            cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
+            keys=self.keys,
+            idempotency_secret=_derived(self.settings, b"bastion idempotency fingerprint v1"),
+            audit_notify=self.audit.notify,
         )
 
         self.policy_store = PolicyStore(self.control, self.clock)
@@ -114,8 +119,8 @@ class State:
             if activate_files:
                 self.policy_store.activate(
                     self.policy.source,
-                    actor=f"system:start@{socket.gethostname()}",
-                    reason="first start with these policy files",
+                    actor="system:start",
+                    reason=f"first start with these policy files, on {socket.gethostname()}",
                     only_if_new=True,
                 )
             self.policy_watcher.sync()
@@ -128,6 +133,13 @@ class State:
         self.keys.close()
         self.regions.dispose()
         self.control.engine.dispose()
+
+
+def _derived(settings: Settings, purpose: bytes) -> bytes:
+    """A key for one purpose, derived from the deployment secret (never stored)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+        settings.secret_key.get_secret_value().encode()
+    )
 
 
 def build_state(

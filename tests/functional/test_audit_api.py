@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import text as sql
 from starlette.testclient import TestClient
 
 from bastion.audit import AuditEvent
@@ -18,6 +19,7 @@ CANARY = "canary.9f3e@example.com"
 ROUTES = [
     ("GET", "/v1/audit/events"),
     ("GET", "/v1/audit/verify?region=eu"),
+    ("POST", "/v1/audit/verify?region=eu"),
     ("GET", "/v1/audit/checkpoints?region=eu"),
     ("POST", "/v1/audit/checkpoints?region=eu"),
     ("GET", "/v1/audit/export"),
@@ -66,6 +68,7 @@ def test_a_sales_rep_may_not_touch_the_audit_log(
     [
         ("GET", "/v1/audit/events?region=mars"),
         ("GET", "/v1/audit/verify?region=mars"),
+        ("POST", "/v1/audit/verify?region=mars"),
         ("GET", "/v1/audit/checkpoints?region=mars"),
         ("POST", "/v1/audit/checkpoints?region=mars"),
         ("GET", "/v1/audit/export?region=mars"),
@@ -129,16 +132,26 @@ def test_a_region_the_principal_does_not_hold_is_forbidden(
 
 
 def test_who_accessed_a_contact_and_the_lookup_is_itself_audited(
-    client: TestClient, tokens: Tokens, contact: str
+    client: TestClient, tokens: Tokens, admin: dict[str, str]
 ) -> None:
+    contact = create(client, "contacts", contact_body(email=CANARY, region="eu"), admin)["id"]
+    reader = tokens.headers("sales_manager", name="the-reader")
+    read = client.get(f"/v1/contacts/{contact}", headers={**reader, "X-Request-ID": "req-42"})
+    assert read.status_code == 200
     auditor = tokens.headers("auditor", name="the-auditor")
     response = client.get(f"/v1/audit/events?record_id={contact}", headers=auditor)
     assert response.status_code == 200, response.text
+    assert CANARY not in response.text
     body = response.json()
     assert set(body) == {"data", "next_cursor"}
-    assert [e["record_ids"] for e in body["data"]] == [[contact]]
-    assert body["data"][0]["fields"] == ["email", "first_name"]
-    assert body["data"][0]["request_id"] == "req-42"
+    assert [e["action"] for e in body["data"]] == ["record.read", "record.create"]
+    assert [e["record_ids"] for e in body["data"]] == [[contact], [contact]]
+    newest = body["data"][0]
+    assert newest["actor"] == client.get("/v1/me", headers=reader).json()["id"]
+    assert newest["request_id"] == "req-42"
+    assert {"email", "first_name", "last_name"} <= set(newest["fields"])
+    assert "birthdate" not in newest["fields"]  # withheld from a sales manager, so not read
+    assert newest["policy_version"] == client.get("/v1/me", headers=reader).json()["policy_version"]
     me = client.get("/v1/me", headers=auditor).json()["id"]
     reads = client.get(
         f"/v1/audit/events?action=audit.read&actor={me}&region=eu", headers=auditor
@@ -218,9 +231,69 @@ def test_export_filters_and_covers_permitted_regions(
     assert [json.loads(line)["chain"] for line in denied.text.splitlines()] == ["us"]
 
 
+def test_verify_from_past_the_head_is_422_naming_from(
+    client: TestClient, admin: dict[str, str], state: State
+) -> None:
+    for _ in range(3):
+        _record(state, "us", "con_us_01jd0000000000000000000000")
+    state.audit.flush("us")
+    at_end = client.get("/v1/audit/verify?region=us&from=4", headers=admin)
+    assert at_end.status_code == 200, at_end.text
+    assert (at_end.json()["ok"], at_end.json()["entries"]) == (True, 0)
+    past = client.get("/v1/audit/verify?region=us&from=50", headers=admin)
+    assert past.status_code == 422, past.text
+    assert [e["field"] for e in past.json()["errors"]] == ["from"]
+
+
+def test_verify_against_a_witness_checkpoint(
+    client: TestClient, admin: dict[str, str], tokens: Tokens, state: State
+) -> None:
+    for _ in range(3):
+        _record(state, "us", "con_us_01jd0000000000000000000000")
+    auditor = tokens.headers("auditor")
+    client.post("/v1/audit/checkpoints?region=us", headers=admin)
+    note = client.get(
+        "/v1/audit/checkpoints?region=us", headers={**auditor, "Accept": "text/plain"}
+    ).text
+    plain = {**auditor, "Content-Type": "text/plain"}
+    checked = client.post("/v1/audit/verify?region=us", content=note, headers=plain)
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["ok"] is True
+    assert checked.json()["witness_tree_size"] == int(note.splitlines()[1])
+    forged = note.replace(note.splitlines()[2], "A" * 43 + "=")
+    refused = client.post("/v1/audit/verify?region=us", content=forged, headers=plain)
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["body"]
+    other_chain = client.post("/v1/audit/verify?region=eu", content=note, headers=plain)
+    assert other_chain.status_code == 422
+    as_json = client.post("/v1/audit/verify?region=us", json={"note": note}, headers=auditor)
+    assert as_json.status_code == 415
+
+
+def test_a_malformed_checkpoint_row_does_not_break_listing_or_verify(
+    client: TestClient, admin: dict[str, str], state: State
+) -> None:
+    _record(state, "us", "con_us_01jd0000000000000000000000")
+    client.post("/v1/audit/checkpoints?region=us", headers=admin)
+    with state.audit.database("us").transaction(write=True) as conn:
+        conn.execute(
+            sql(
+                "INSERT INTO audit_checkpoints SELECT 999, 'x', head_hash, created_at, "
+                "'zzzzzzzz', signature FROM audit_checkpoints"
+            )
+        )
+    listed = client.get("/v1/audit/checkpoints?region=us", headers=admin)
+    assert listed.status_code == 200, listed.text
+    assert [c["tree_size"] for c in listed.json()["data"]] == [1]
+    verified = client.get("/v1/audit/verify?region=us", headers=admin)
+    assert verified.status_code == 200, verified.text
+    assert verified.json()["first_bad_seq"] == 999
+
+
 def test_the_audit_operations_are_described_for_openapi() -> None:
     from bastion.api.audit import openapi_paths, routes
 
     paths = openapi_paths()
     assert set(paths) == {route.path for route in routes}
     assert paths["/v1/audit/checkpoints"].keys() == {"get", "post"}
+    assert paths["/v1/audit/verify"].keys() == {"get", "post"}

@@ -112,7 +112,7 @@ def test_policy_routes_need_a_token_and_permission_and_show_the_running_version(
     assert len(history) == 1
     assert history[0]["old_version"] is None
     assert history[0]["new_version"] == version
-    assert history[0]["actor"].startswith("system:start@")
+    assert history[0]["actor"] == "system:start"
     assert "+p, admin, *, *, *, all, allow" in history[0]["diff"]
 
 

@@ -6,7 +6,7 @@ then a principal tries everything it can think of: get, lists with and without
 filters, filters and sorts on each field, forbidden writes, stale and malformed
 requests. Casbin's own answer (not the compiled index the API uses) says which
 fields the principal may read on that record; no response (body or headers) may
-contain the canary of any other field.
+contain the canary of any other field (nor, if it may not see the record, its id).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def _writes(
 
 
 @settings(
-    max_examples=30,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -220,6 +220,8 @@ def test_no_value_outside_the_read_mask_ever_leaves(
         if sees_record and policy.enforce_field(role_list, "eu", entity, name, "read", facts)
     }
     secret = {name: c for name, c in canaries.items() if name not in readable}
+    if not sees_record:  # not even that the record exists
+        secret["(its id)"] = record["id"]
 
     got = client.get(url, headers=me.headers)
     if got.status_code == 200:  # what may be read is there (the canaries are real)
@@ -237,6 +239,22 @@ def test_no_value_outside_the_read_mask_ever_leaves(
         *_lists(client, me, entity, body, always),
         *_writes(client, me, url, version, forbidden, secret),
     ]
+    if ENTITIES[entity].data_subject:
+        # A new record with the same email and phones: a duplicate may be named only
+        # through identifiers the principal can read, on a record it can see.
+        probe = {"last_name": "Probe", "company": "Probe", "region": "eu"}
+        probe.update({k: body[k] for k in ("email", "phone", "mobile") if k in canaries})
+        if entity == "contacts":
+            del probe["company"]
+        duplicate = client.post(f"/v1/{entity}", json=probe, headers=me.headers)
+        if duplicate.status_code == 409:
+            named = duplicate.json()
+            assert named["existing_id"] == record["id"]
+            assert set(named["fields"]) <= readable, named
+        elif duplicate.status_code == 201:  # its own new record: the values it sent
+            assert record["id"] not in duplicate.text
+        else:
+            responses.append(duplicate)
     for response in responses:
         assert response.status_code < 500, response.text
         leaked = _leaks(response, secret)

@@ -94,12 +94,12 @@ def test_a_reload_applies_at_once_here_and_on_the_next_poll_in_another_worker(
 
     original = (REPO / "policies" / "policy.csv").read_text()
     write_policy(workers.directory, original, append=[DENY_EMAIL])
-    policy, change, _findings = workers.a.reload_policy(actor="prn_tester", reason="no emails")
+    policy, change, _findings = workers.a.reload_policy(actor="cli:tester", reason="no emails")
     new = policy.version
     assert new != old
     assert workers.a.policy.version == new
     assert change is not None
-    assert (change.actor, change.old_version, change.new_version) == ("prn_tester", old, new)
+    assert (change.actor, change.old_version, change.new_version) == ("cli:tester", old, new)
     assert workers.a.policy_store.active_version() == new
     rep_roles = frozenset({"sales_rep"})
     assert "email" not in workers.a.policy.mask(rep_roles, "eu", "contacts", "read").always
@@ -118,14 +118,14 @@ def test_a_reload_applies_at_once_here_and_on_the_next_poll_in_another_worker(
     history = workers.client_b.get("/v1/policy/history", headers=auditor)
     assert history.status_code == 200, history.text
     latest = history.json()["data"][0]
-    assert latest["actor"] == "prn_tester"
+    assert latest["actor"] == "cli:tester"
     assert (latest["old_version"], latest["new_version"]) == (old, new)
     assert latest["reason"] == "no emails"
     assert f"\n+{DENY_EMAIL}\n" in latest["diff"]
     assert "a/policy.csv" in latest["diff"]
 
     # Reloading the same files again changes nothing and records nothing.
-    _policy, again, _ = workers.a.reload_policy(actor="prn_tester", reason="again")
+    _policy, again, _ = workers.a.reload_policy(actor="cli:tester", reason="again")
     assert again is None
     assert workers.client_b.get("/v1/policy/history", headers=auditor).json()["data"][0] == latest
 
@@ -150,7 +150,7 @@ def test_a_policy_that_does_not_load_is_refused_and_every_worker_keeps_its_own(
         where = f"{path}:{len(path.read_text().splitlines())}"
 
         with pytest.raises(PolicyError) as refused:
-            workers.a.reload_policy(actor="prn_tester", reason="broken")
+            workers.a.reload_policy(actor="cli:tester", reason="broken")
         assert where in str(refused.value), problem
         assert workers.a.policy.version == old
         assert workers.a.policy_store.active_version() == old

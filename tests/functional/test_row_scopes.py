@@ -81,31 +81,37 @@ def _plan(engine: Engine, backend: Backend, sql: str, params: Any) -> str:
     return "\n".join(" ".join(str(c) for c in row) for row in rows)
 
 
-def _populate(state: State, *, own_owner: str, team: str) -> tuple[set[str], set[str]]:
-    """10,000 contacts in eu: 50 owned by `own_owner` (no team), 40 in `team` owned by
-    others, the rest spread over 100 other owners and 50 other teams. Returns the ids
-    of the owned and of the team rows."""
+def _populate(
+    client: TestClient, state: State, admin: dict[str, str], *, own_owner: str, team: str
+) -> tuple[set[str], set[str]]:
+    """10,000 contacts in eu: 50 owned by `own_owner` (no team) and 40 in `team` owned
+    by others, made through the API; the rest filler rows inserted directly, spread over
+    100 other owners and 50 other teams, older than the others. Returns the ids of the
+    owned and of the team rows."""
+    owned = {
+        create(client, "contacts", {"last_name": f"Own {n}", "owner_id": own_owner}, admin)["id"]
+        for n in range(50)
+    }
+    teamed = {
+        create(
+            client,
+            "contacts",
+            {"last_name": f"Team {n}", "owner_id": principal_id(), "team_id": team},
+            admin,
+        )["id"]
+        for n in range(40)
+    }
     others = [principal_id() for _ in range(100)]
-    rows: list[tuple[str | None, str | None]] = []
-    for n in range(TOTAL):
-        if n % 200 == 7:
-            rows.append((own_owner, None))
-        elif n % 250 == 3:
-            rows.append((others[n % 100], team))
-        else:
-            rows.append((others[n % 100], f"team-{n % 50}"))
-    ids = insert_contacts(state.regions.get("eu"), rows, now=NOW)
-    owned = {i for i, (owner, _t) in zip(ids, rows, strict=True) if owner == own_owner}
-    teamed = {i for i, (_o, t) in zip(ids, rows, strict=True) if t == team}
-    assert (len(owned), len(teamed)) == (50, 40)
+    filler = [(others[n % 100], f"team-{n % 50}") for n in range(TOTAL - 90)]
+    insert_contacts(state.regions.get("eu"), filler, now=NOW)
     return owned, teamed
 
 
 def test_own_scope_lists_exactly_the_owned_rows_of_10000_with_the_owner_index(
-    backend: Backend, client: TestClient, state: State
+    backend: Backend, client: TestClient, state: State, admin: dict[str, str]
 ) -> None:
     rep = caller(state, "sales_rep", name="rep", regions=["eu"])  # no teams: scope own
-    owned, _teamed = _populate(state, own_owner=rep.id, team="t1")
+    owned, _teamed = _populate(client, state, admin, own_owner=rep.id, team="t1")
     engine = state.regions.get("eu").engine
     with _statements(engine) as statements:
         rows = _list_all(client, rep.headers, limit=200)
@@ -128,10 +134,10 @@ def test_own_scope_lists_exactly_the_owned_rows_of_10000_with_the_owner_index(
 
 
 def test_team_scope_lists_owned_and_team_rows_of_10000_with_both_indexes(
-    backend: Backend, client: TestClient, state: State
+    backend: Backend, client: TestClient, state: State, admin: dict[str, str]
 ) -> None:
     rep = caller(state, "sales_rep", name="rep", regions=["eu"], teams=["t1"])
-    owned, teamed = _populate(state, own_owner=rep.id, team="t1")
+    owned, teamed = _populate(client, state, admin, own_owner=rep.id, team="t1")
     engine = state.regions.get("eu").engine
     with _statements(engine) as statements:
         rows = _list_all(client, rep.headers, limit=200)
@@ -146,11 +152,14 @@ def test_team_scope_lists_owned_and_team_rows_of_10000_with_both_indexes(
     assert "ix_contacts_owner_id" in plan, plan
     assert not re.search(r"Seq Scan on contacts|SCAN contacts(?! USING)", plan), plan
 
-    # A whole-region scope needs no predicate at all.
+    # A whole-region scope needs no predicate at all (newest first: no filler rows).
     manager = caller(state, "sales_manager", name="mgr", regions=["eu"])
     with _statements(engine) as statements:
-        first = client.get("/v1/contacts", params={"limit": 200}, headers=manager.headers)
-    assert len(first.json()["data"]) == 200
+        first = client.get(
+            "/v1/contacts", params={"limit": 50, "sort": "-created_at"}, headers=manager.headers
+        )
+    assert first.status_code == 200, first.text
+    assert len({r["id"] for r in first.json()["data"]} & (owned | teamed)) == 50
     (sql, _params), *_ = _list_selects(statements)
     assert "owner_id" not in _where(sql)
     assert "team_id" not in _where(sql)
@@ -252,16 +261,19 @@ def test_a_denied_scope_is_subtracted_in_sql_as_casbin_decides(
     try:
         client = TestClient(create_app(configured, state=state))
         manager = caller(state, "sales_manager", name="mgr", regions=["eu"], teams=["t1"])
+        admin = caller(state, "admin", name="adm").headers
         owners = {"mine": manager.id, "theirs": principal_id(), "nobody": None}
-        ids = dict(
-            zip(
-                owners,
-                insert_contacts(
-                    state.regions.get("eu"), [(o, "t1") for o in owners.values()], now=NOW
-                ),
-                strict=True,
-            )
-        )
+        ids = {}
+        for name, owner in owners.items():
+            body = {"last_name": name, "owner_id": owner or manager.id, "team_id": "t1"}
+            ids[name] = create(client, "contacts", body, admin)["id"]
+            if owner is None:  # no owner at all: not "own" for anyone
+                cleared = client.patch(
+                    f"/v1/contacts/{ids[name]}",
+                    json={"owner_id": None},
+                    headers={**admin, "If-Match": '"v1"'},
+                )
+                assert cleared.json()["owner_id"] is None
         listed = client.get("/v1/contacts", headers=manager.headers).json()["data"]
         visible = {name for name, i in ids.items() if i in {r["id"] for r in listed}}
         assert visible == {"theirs", "nobody"}
@@ -273,3 +285,20 @@ def test_a_denied_scope_is_subtracted_in_sql_as_casbin_decides(
             assert casbin is (name in visible), name
     finally:
         state.close()
+
+
+def test_an_update_cannot_move_a_record_out_of_the_callers_scope(
+    client: TestClient, state: State
+) -> None:
+    rep = caller(state, "sales_rep", name="rep")
+    other = caller(state, "sales_rep", name="other")
+    given_away = {"last_name": "X", "owner_id": other.id}
+    assert client.post("/v1/contacts", json=given_away, headers=rep.headers).status_code == 403
+    mine = client.post("/v1/contacts", json={"last_name": "X"}, headers=rep.headers)
+    assert mine.status_code == 201, mine.text
+    url = f"/v1/contacts/{mine.json()['id']}"
+    moved = client.patch(
+        url, json={"owner_id": other.id}, headers={**rep.headers, "If-Match": '"v1"'}
+    )
+    assert moved.status_code == 403, moved.text
+    assert client.get(url, headers=rep.headers).json()["owner_id"] == rep.id

@@ -14,14 +14,15 @@ def test_idempotency_key_replays_the_first_create(
     client: TestClient, admin: dict[str, str]
 ) -> None:
     headers = {**admin, "Idempotency-Key": "order-7-contact"}
-    first = client.post("/v1/contacts", json=contact_body(), headers=headers)
-    again = client.post("/v1/contacts", json=contact_body(), headers=headers)
+    body = contact_body()
+    first = client.post("/v1/contacts", json=body, headers=headers)
+    again = client.post("/v1/contacts", json=body, headers=headers)
     assert first.status_code == again.status_code == 201
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     assert len(client.get("/v1/contacts", headers=admin).json()["data"]) == 1
 
-    reused = client.post("/v1/contacts", json=contact_body(title="CFO"), headers=headers)
+    reused = client.post("/v1/contacts", json={**body, "title": "CFO"}, headers=headers)
     assert reused.status_code == 422
     assert reused.json()["errors"][0]["field"] == "Idempotency-Key"
 

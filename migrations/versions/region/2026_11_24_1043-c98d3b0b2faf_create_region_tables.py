@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("billing_city", sa.String(length=100), nullable=True),
         sa.Column("billing_postal_code", sa.String(length=20), nullable=True),
         sa.Column("billing_country", sa.String(length=2), nullable=True),
-        sa.Column("tax_id", sa.String(length=50), nullable=True),
+        sa.Column("tax_id", sa.LargeBinary(), nullable=True),
         sa.Column("type", sa.String(length=16), nullable=True),
         sa.Column("description", sa.Text(), nullable=True),
         sa.Column("owner_id", sa.String(length=64), nullable=True),
@@ -76,19 +76,19 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("first_name", sa.String(length=100), nullable=True),
-        sa.Column("last_name", sa.String(length=100), nullable=False),
-        sa.Column("email", sa.String(length=254), nullable=True),
-        sa.Column("phone", sa.String(length=16), nullable=True),
-        sa.Column("mobile", sa.String(length=16), nullable=True),
+        sa.Column("first_name", sa.LargeBinary(), nullable=True),
+        sa.Column("last_name", sa.LargeBinary(), nullable=False),
+        sa.Column("email", sa.LargeBinary(), nullable=True),
+        sa.Column("phone", sa.LargeBinary(), nullable=True),
+        sa.Column("mobile", sa.LargeBinary(), nullable=True),
         sa.Column("title", sa.String(length=128), nullable=True),
         sa.Column("department", sa.String(length=100), nullable=True),
         sa.Column("account_id", sa.String(length=47), nullable=True),
-        sa.Column("mailing_street", sa.String(length=200), nullable=True),
+        sa.Column("mailing_street", sa.LargeBinary(), nullable=True),
         sa.Column("mailing_city", sa.String(length=100), nullable=True),
-        sa.Column("mailing_postal_code", sa.String(length=20), nullable=True),
+        sa.Column("mailing_postal_code", sa.LargeBinary(), nullable=True),
         sa.Column("mailing_country", sa.String(length=2), nullable=True),
-        sa.Column("birthdate", sa.Date(), nullable=True),
+        sa.Column("birthdate", sa.LargeBinary(), nullable=True),
         sa.Column("lead_source", sa.String(length=16), nullable=True),
         sa.Column("do_not_contact", sa.Boolean(), nullable=True),
         sa.Column("email_opt_in", sa.Boolean(), nullable=True),
@@ -97,6 +97,10 @@ def upgrade() -> None:
         sa.Column(
             "custom", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
         ),
+        sa.Column("last_name_bidx", sa.LargeBinary(length=4), nullable=True),
+        sa.Column("email_bidx", sa.LargeBinary(length=4), nullable=True),
+        sa.Column("phone_bidx", sa.LargeBinary(length=4), nullable=True),
+        sa.Column("mobile_bidx", sa.LargeBinary(length=4), nullable=True),
         sa.ForeignKeyConstraint(
             ["account_id"],
             ["accounts.id"],
@@ -106,6 +110,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
     )
     with op.batch_alter_table("contacts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_contacts_last_name_bidx"), ["last_name_bidx"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_contacts_email_bidx"), ["email_bidx"], unique=False)
+        batch_op.create_index(batch_op.f("ix_contacts_phone_bidx"), ["phone_bidx"], unique=False)
+        batch_op.create_index(batch_op.f("ix_contacts_mobile_bidx"), ["mobile_bidx"], unique=False)
         batch_op.create_index(batch_op.f("ix_contacts_account_id"), ["account_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_contacts_owner_id"), ["owner_id"], unique=False)
         batch_op.create_index(batch_op.f("ix_contacts_team_id"), ["team_id"], unique=False)
@@ -119,14 +129,14 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("subject", sa.String(length=255), nullable=False),
-        sa.Column("description", sa.Text(), nullable=True),
+        sa.Column("description", sa.LargeBinary(), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=True),
         sa.Column("priority", sa.String(length=16), nullable=True),
         sa.Column("origin", sa.String(length=16), nullable=True),
         sa.Column("contact_id", sa.String(length=47), nullable=True),
         sa.Column("account_id", sa.String(length=47), nullable=True),
         sa.Column("closed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("resolution", sa.Text(), nullable=True),
+        sa.Column("resolution", sa.LargeBinary(), nullable=True),
         sa.Column("owner_id", sa.String(length=64), nullable=True),
         sa.Column("team_id", sa.String(length=64), nullable=True),
         sa.Column(
@@ -210,10 +220,10 @@ def upgrade() -> None:
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("first_name", sa.String(length=100), nullable=True),
-        sa.Column("last_name", sa.String(length=100), nullable=False),
-        sa.Column("email", sa.String(length=254), nullable=True),
-        sa.Column("phone", sa.String(length=16), nullable=True),
+        sa.Column("first_name", sa.LargeBinary(), nullable=True),
+        sa.Column("last_name", sa.LargeBinary(), nullable=False),
+        sa.Column("email", sa.LargeBinary(), nullable=True),
+        sa.Column("phone", sa.LargeBinary(), nullable=True),
         sa.Column("company", sa.String(length=200), nullable=False),
         sa.Column("title", sa.String(length=128), nullable=True),
         sa.Column("industry", sa.String(length=100), nullable=True),
@@ -231,6 +241,9 @@ def upgrade() -> None:
         sa.Column(
             "custom", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
         ),
+        sa.Column("last_name_bidx", sa.LargeBinary(length=4), nullable=True),
+        sa.Column("email_bidx", sa.LargeBinary(length=4), nullable=True),
+        sa.Column("phone_bidx", sa.LargeBinary(length=4), nullable=True),
         sa.ForeignKeyConstraint(
             ["converted_account_id"],
             ["accounts.id"],
@@ -252,6 +265,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_leads")),
     )
     with op.batch_alter_table("leads", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_leads_last_name_bidx"), ["last_name_bidx"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_leads_email_bidx"), ["email_bidx"], unique=False)
+        batch_op.create_index(batch_op.f("ix_leads_phone_bidx"), ["phone_bidx"], unique=False)
         batch_op.create_index(
             batch_op.f("ix_leads_converted_account_id"), ["converted_account_id"], unique=False
         )
@@ -277,7 +295,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("subject", sa.String(length=255), nullable=False),
-        sa.Column("body", sa.Text(), nullable=True),
+        sa.Column("body", sa.LargeBinary(), nullable=True),
         sa.Column("direction", sa.String(length=16), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=True),
         sa.Column("due_at", sa.DateTime(timezone=True), nullable=True),

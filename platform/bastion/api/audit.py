@@ -28,7 +28,14 @@ from bastion.audit.queries import (
     parse_filter,
     parse_limit,
 )
-from bastion.errors import BadRequest, FieldError, ValidationFailed
+from bastion.audit.witness import MAX_NOTE_BYTES
+from bastion.errors import (
+    BadRequest,
+    FieldError,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from bastion.principals.tokens import Principal
 
 _NAME_RE = re.compile(r"[a-z_]{1,32}")
@@ -112,15 +119,40 @@ async def events(request: Request) -> Response:
 
 
 async def verify(request: Request) -> Response:
-    """Verify one chain: `ok`, or the first bad sequence number and what is wrong."""
+    """Verify one chain: `ok`, or the first bad sequence number and what is wrong.
+
+    `from` may be at most one past the head (422 naming `from` otherwise). POST
+    sends a signed checkpoint note (text/plain) kept outside the database: the
+    chain must also agree with it (see `bastion.audit.witness`).
+    """
     principal = await authenticate(request)
     params = _params(request, ("region", "from"))
     region = _required_region(params)
     from_seq = _sequence_number(params, "from")
+    access = _access(request)
+    note = None
+    if request.method == "POST":
+        access.chains(principal, "verify", region)  # 403/404 before the body's 415/422
+        note = await _witness_note(request)
     report = await run_in_threadpool(
-        _access(request).verify, _caller(request, principal), region, from_seq
+        access.verify, _caller(request, principal), region, from_seq, note
     )
     return JSON(report.to_json())
+
+
+async def _witness_note(request: Request) -> str:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "text/plain":
+        raise UnsupportedMediaType("send the signed checkpoint note as text/plain")
+    raw = await request.body()
+    if len(raw) > MAX_NOTE_BYTES:
+        raise PayloadTooLarge(f"a signed checkpoint note is at most {MAX_NOTE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationFailed(
+            "the witness checkpoint is not usable", [FieldError("body", "must be UTF-8 text")]
+        ) from None
 
 
 async def checkpoints(request: Request) -> Response:
@@ -177,7 +209,7 @@ async def export(request: Request) -> Response:
 
 routes = [
     Route("/v1/audit/events", events, methods=["GET"]),
-    Route("/v1/audit/verify", verify, methods=["GET"]),
+    Route("/v1/audit/verify", verify, methods=["GET", "POST"]),
     Route("/v1/audit/checkpoints", checkpoints, methods=["GET", "POST"]),
     Route("/v1/audit/export", export, methods=["GET"]),
 ]
@@ -224,6 +256,19 @@ def openapi_paths() -> dict[str, Any]:
             "details": {"type": "object"},
             "redacted": {"type": "boolean"},
         },
+    }
+    verify_parameters = [
+        required_region,
+        {
+            "name": "from",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1},
+            "description": "Start here; at most one past the head (422 otherwise).",
+        },
+    ]
+    verified = {
+        "description": "`ok`, or the first bad sequence number and what is wrong; "
+        "`time_anomalies` counts events dated outside the signed checkpoint times.",
     }
     checkpoint = {
         "type": "object",
@@ -283,12 +328,31 @@ def openapi_paths() -> dict[str, Any]:
                 "operationId": "verify_audit_chain",
                 "summary": "Re-walk a chain and its signed checkpoints",
                 "tags": ["audit"],
-                "parameters": [
-                    required_region,
-                    {"name": "from", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                ],
-                "responses": {"200": {"description": "`ok`, or the first bad seq."}, **errors},
-            }
+                "parameters": verify_parameters,
+                "responses": {"200": verified, **errors},
+            },
+            "post": {
+                "operationId": "verify_audit_chain_against_witness",
+                "summary": "Re-walk a chain and check it against a checkpoint kept elsewhere",
+                "description": (
+                    "The body is a signed checkpoint note (as `GET /v1/audit/checkpoints` "
+                    "with `Accept: text/plain` returns it). A chain that was rewritten or "
+                    "truncated since is reported even if its stored checkpoints were deleted."
+                ),
+                "tags": ["audit"],
+                "parameters": verify_parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "responses": {
+                    "200": verified,
+                    "409": problem,
+                    "413": problem,
+                    "415": problem,
+                    **errors,
+                },
+            },
         },
         "/v1/audit/checkpoints": {
             "get": {

@@ -6,6 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from bastion.errors import Unauthenticated
+from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
 from bastion.state import State
 
@@ -24,3 +25,12 @@ async def authenticate(request: Request) -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the Authorization header must be: Bearer <token>")
     return await run_in_threadpool(state_of(request).tokens.authenticate, token.strip())
+
+
+async def caller_of(request: Request) -> Caller:
+    """The authenticated principal, with the request id and client address the audit
+    events of this request carry."""
+    principal = await authenticate(request)
+    request_id = request.scope.get("state", {}).get("request_id")
+    client = request.client.host if request.client else None
+    return Caller.of(principal, request_id if isinstance(request_id, str) else None, client)

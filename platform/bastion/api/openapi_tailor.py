@@ -64,7 +64,10 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
         _keep(paths, f"/v1/{name}/{{id}}", _ITEM_OPERATIONS, allowed)
         listing = paths.get(f"/v1/{name}", {}).get("get")
         if listing is not None:
-            always = set(granted["read_fields"])
+            # A list spans the caller's regions and needs a filter or sort field
+            # readable in each of them.
+            listed = [r for r in granted["regions"].values() if "list" in r["actions"]]
+            always = set.intersection(*(set(r["read_fields"]) for r in listed)) if listed else set()
             listing["parameters"] = [
                 p
                 for p in listing["parameters"]

@@ -34,6 +34,8 @@ def problem(error: BastionError, request_id: str | None = None) -> Response:
     region = getattr(error, "region", None)
     if region is not None:
         body["region"] = region
+    for key, value in error.extensions.items():
+        body.setdefault(key, value)
     if request_id is not None:
         body["request_id"] = request_id
     headers: dict[str, str] = {}

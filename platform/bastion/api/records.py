@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bastion.api.auth import authenticate, state_of
+from bastion.api.auth import caller_of, state_of
 from bastion.api.problems import JSON
 from bastion.crm.listing import LIST_PARAMETERS, ListQuery
 from bastion.crm.records import etag
@@ -51,48 +51,53 @@ def _record_response(record: dict[str, Any], status: int = 200, **headers: str) 
 
 
 async def collection(request: Request) -> Response:
-    principal = await authenticate(request)
+    caller = await caller_of(request)
     records = state_of(request).records
     entity = request.path_params["entity"]
     if request.method == "POST":
         body = await json_object(request)
         key = request.headers.get("idempotency-key")
         created = await run_in_threadpool(
-            records.create, principal, entity, body, idempotency_key=key
+            records.create,
+            caller,
+            entity,
+            body,
+            idempotency_key=key,
+            allow_duplicate=_flag(request, "allow_duplicate"),
         )
         headers = {"Location": f"/v1/{entity}/{created.record['id']}"}
         if created.replayed:
             headers["Idempotent-Replayed"] = "true"
         return _record_response(created.record, 201, **headers)
-    page = await run_in_threadpool(records.list_records, principal, entity, _list_query(request))
+    page = await run_in_threadpool(records.list_records, caller, entity, _list_query(request))
     return JSON({"data": page.data, "next_cursor": page.next_cursor})
 
 
 async def item(request: Request) -> Response:
-    principal = await authenticate(request)
+    caller = await caller_of(request)
     records = state_of(request).records
     entity, record_id = request.path_params["entity"], request.path_params["record_id"]
     if request.method == "GET":
-        record = await run_in_threadpool(records.get, principal, entity, record_id)
+        record = await run_in_threadpool(records.get, caller, entity, record_id)
         return _record_response(record)
     if_match = request.headers.get("if-match")
     if request.method == "PATCH":
         body = await json_object(request, accept=_PATCH_TYPES)
         record = await run_in_threadpool(
-            records.update, principal, entity, record_id, body, if_match=if_match
+            records.update, caller, entity, record_id, body, if_match=if_match
         )
         return _record_response(record)
-    await run_in_threadpool(records.delete, principal, entity, record_id, if_match=if_match)
+    await run_in_threadpool(records.delete, caller, entity, record_id, if_match=if_match)
     return Response(status_code=204)
 
 
 async def convert_lead(request: Request) -> Response:
-    principal = await authenticate(request)
+    caller = await caller_of(request)
     records = state_of(request).records
     body = await json_object(request) if await request.body() else {}
     result = await run_in_threadpool(
         records.convert_lead,
-        principal,
+        caller,
         request.path_params["record_id"],
         body,
         if_match=request.headers.get("if-match"),
@@ -105,6 +110,16 @@ async def convert_lead(request: Request) -> Response:
             "opportunity": result.opportunity,
         }
     )
+
+
+def _flag(request: Request, name: str) -> bool:
+    """A boolean query parameter of a write: absent, true or false; anything else is 400."""
+    value = request.query_params.get(name)
+    if value is None or value == "false":
+        return False
+    if value == "true":
+        return True
+    raise BadRequest(f"the query parameter {name!r} must be true or false")
 
 
 def _list_query(request: Request) -> ListQuery:

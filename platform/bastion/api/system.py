@@ -36,15 +36,31 @@ async def healthz(_request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: every database answers. 503 names the ones that do not."""
+    """Readiness: every database answers, every region's key service answers, and the
+    audit log keeps up. 503 names what does not (unauthenticated: states only)."""
     state = state_of(request)
     databases = [state.control, *(state.regions.get(name) for name in state.regions.names)]
     checks = {}
     for database in databases:
         checks[database.name] = "ok" if await run_in_threadpool(database.ping) else "unavailable"
-    ready = all(status == "ok" for status in checks.values())
+    keys = {
+        region: "ok" if await run_in_threadpool(state.keys.ping, region) else "unavailable"
+        for region in state.regions.names
+    }
+    audit = await run_in_threadpool(state.audit.health)
+    chains = {chain.chain: "ok" if chain.ok else "behind or unavailable" for chain in audit.chains}
+    ready = (
+        all(status == "ok" for status in checks.values())
+        and all(status == "ok" for status in keys.values())
+        and audit.ok
+    )
     return JSON(
-        {"status": "ready" if ready else "unavailable", "databases": checks},
+        {
+            "status": "ready" if ready else "unavailable",
+            "databases": checks,
+            "keys": keys,
+            "audit": {"sequencer": audit.sequencer, "chains": chains},
+        },
         status_code=200 if ready else 503,
     )
 

@@ -9,7 +9,7 @@ For writers:
         append(conn, event)      # same transaction: both commit or neither
     state.audit.notify(database.name)   # optional: chain it now, not at the next tick
 
-Everything else (flush, checkpoints, verify, queries, export, prune, redact) is
+Everything else (flush, checkpoints, verify, queries, export, prune, redact, health) is
 on `AuditLog` (`State.audit`). The tables (`bastion.audit.tables`) are
 registered with the rest in `bastion.schema`.
 """

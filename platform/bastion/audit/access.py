@@ -118,10 +118,22 @@ class AuditAccess:
             )
         return page
 
-    def verify(self, caller: Caller, region: str, from_seq: int | None) -> VerifyReport:
+    def verify(
+        self, caller: Caller, region: str, from_seq: int | None, witness_note: str | None = None
+    ) -> VerifyReport:
+        """Verify one chain, and against `witness_note` (a signed checkpoint) when given.
+
+        Access is checked first; then a bad note is `ValidationFailed` naming `body`.
+        """
         chains = self.chains(caller.principal, "verify", region)
-        report = self._audit.verify(chains[0], from_seq=from_seq)
-        self._audited(caller, chains, "verify", ok=report.ok, last_seq=report.last_seq)
+        witness = None
+        if witness_note is not None:
+            witness = self._audit.witness(chains[0], witness_note, field="body")
+        report = self._audit.verify(chains[0], from_seq=from_seq, witness=witness)
+        details: dict[str, Any] = {"ok": report.ok, "last_seq": report.last_seq}
+        if witness is not None:
+            details["witness_tree_size"] = witness.tree_size
+        self._audited(caller, chains, "verify", **details)
         return report
 
     def checkpoints(

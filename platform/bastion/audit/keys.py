@@ -6,7 +6,8 @@ recompute every SHA-256 of the chain, but not sign a checkpoint for it.
 
 Layout of `AuditSettings.signing_key_dir` (default `<BASTION_HOME>/audit-keys`):
 
-* `<chain>.ed25519` — the private key, PKCS#8 PEM, mode 0600;
+* `<chain>.ed25519` — the private key, PKCS#8 PEM, mode 0600 (a key file the group
+  or other users may access is refused, as the KEK files are);
 * `<chain>.<key id hex>.pub` — its verifier key (see `notes.verifier_key`), one
   file per key ever used, so checkpoints signed before a rotation still verify.
   To rotate, move the private key away and run `bastion audit keygen`.
@@ -18,6 +19,7 @@ it is an error (`AuditKeyError`) naming the file and `bastion audit keygen`.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +122,10 @@ class KeyRing:
         path = self.directory / f"{chain}.ed25519"
         name = self.key_name(chain)
         if path.exists():
+            pem = _read_private(path)
             try:
-                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-            except (OSError, ValueError, TypeError):
+                private = serialization.load_pem_private_key(pem, password=None)
+            except (ValueError, TypeError):
                 raise AuditKeyError(f"the audit signing key {path} is unreadable") from None
             if not isinstance(private, Ed25519PrivateKey):
                 raise AuditKeyError(f"the audit signing key {path} is not an Ed25519 key")
@@ -155,3 +158,24 @@ class KeyRing:
         path = self.directory / f"{chain}.{key.key_id.hex()}.pub"
         if not path.exists():
             path.write_text(key.verifier_key + "\n", encoding="ascii")
+
+
+def _read_private(path: Path) -> bytes:
+    """The key file's bytes; `AuditKeyError` if it is unreadable or others may read it.
+
+    Like the KEK files: a private key readable by the group or by other users of
+    the host is a key that may already be elsewhere, so it is refused, not used.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise AuditKeyError(f"the audit signing key {path} is unreadable") from None
+    with os.fdopen(fd, "rb") as handle:
+        if os.fstat(handle.fileno()).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise AuditKeyError(
+                f"the audit signing key {path} is accessible to other users; chmod 600 it"
+            )
+        try:
+            return handle.read()
+        except OSError:
+            raise AuditKeyError(f"the audit signing key {path} is unreadable") from None

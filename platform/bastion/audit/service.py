@@ -9,21 +9,21 @@ through this object. Chains are named by their database: each region's name and
 Sequencing runs three ways, all safe together because each batch takes the
 chain's lock: the background `Sequencer` thread of every process (started by
 the app lifespan; `sequencer_interval_seconds`, or at once after `notify`), a
-synchronous `flush(chain)` (CLI, tests, before a checkpoint), and nothing else.
+synchronous `flush(chain)` (CLI, tests, before a checkpoint), and a redaction
+(which chains its own `audit.redact` event before it changes anything).
+`health()` reports each chain's backlog and the sequencer's state (`/readyz`).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import structlog
-from sqlalchemy import Connection
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from bastion.audit.chain import append, chain_batch, has_pending, head, lock_chain
@@ -37,15 +37,18 @@ from bastion.audit.events import AuditEvent
 from bastion.audit.keys import KeyRing
 from bastion.audit.queries import EventFilter, Position, fetch_events, render_event
 from bastion.audit.retention import PrunePlan, plan_prune, prune, redact
+from bastion.audit.sequencer import AuditHealth, ChainHealth, Sequencer
 from bastion.audit.settings import AuditSettings
+from bastion.audit.tables import AUDIT
 from bastion.audit.verify import VerifyReport, verify_chain
+from bastion.audit.witness import Witness, parse_witness
 from bastion.clock import Clock
 from bastion.crm.cursors import CursorCodec
 from bastion.crm.cursors import Position as CursorPosition
-from bastion.errors import BadRequest, BastionError, Conflict, NotFound
+from bastion.errors import BadRequest, Conflict, NotFound, RegionUnavailable
 from bastion.residency.databases import Database
 
-log = structlog.get_logger("bastion.audit")
+__all__ = ["AuditLog", "EventPage", "Sequencer", "key_ring"]
 
 _EXPORT_BATCH = 1000
 
@@ -137,7 +140,12 @@ class AuditLog:
                 chained = chain_batch(conn, chain, self._settings.batch_size)
                 total += chained
                 if chained < self._settings.batch_size and self._checkpoint_due(conn, now):
-                    write_checkpoint(conn, self.keys.signing_key(chain), self._clock.now())
+                    write_checkpoint(
+                        conn,
+                        self.keys.signing_key(chain),
+                        self._clock.now(),
+                        self.keys.verifiers(chain),
+                    )
             if chained < self._settings.batch_size:
                 return total
 
@@ -154,13 +162,15 @@ class AuditLog:
     def checkpoint(self, chain: str) -> Checkpoint:
         """Flush, then sign a checkpoint of the head (or return the head's existing one).
 
-        `Conflict` when the chain is empty: there is nothing to sign.
+        `Conflict` when the chain is empty (there is nothing to sign) or when the
+        row stored at the head's tree size is not a valid checkpoint of it.
         """
         self.flush(chain)
         key = self.keys.signing_key(chain)
+        verifiers = self.keys.verifiers(chain)
         with self.database(chain).transaction(write=True) as conn:
             lock_chain(conn, chain, wait=True)
-            checkpoint = write_checkpoint(conn, key, self._clock.now())
+            checkpoint = write_checkpoint(conn, key, self._clock.now(), verifiers)
         if checkpoint is None:
             raise Conflict(f"the {chain} audit chain is empty; there is nothing to checkpoint")
         return checkpoint
@@ -185,11 +195,36 @@ class AuditLog:
         *,
         from_seq: int | None = None,
         progress: Callable[[int], None] | None = None,
+        witness: Witness | None = None,
     ) -> VerifyReport:
-        """Re-walk the chain and its checkpoints (see `bastion.audit.verify`)."""
+        """Re-walk the chain and its checkpoints (see `bastion.audit.verify`).
+
+        `ValidationFailed` naming `from` when `from_seq` is more than one past the
+        head; `Conflict` when `witness` lies in a pruned segment.
+        """
         keys = self.keys.verifiers(chain)
+        tolerance = timedelta(seconds=self._settings.clock_tolerance_seconds)
         with self.database(chain).transaction() as conn:
-            return verify_chain(conn, chain, keys, from_seq=from_seq, progress=progress)
+            return verify_chain(
+                conn,
+                chain,
+                keys,
+                from_seq=from_seq,
+                progress=progress,
+                witness=witness,
+                clock_tolerance=tolerance,
+            )
+
+    def witness(self, chain: str, note: str, *, field: str) -> Witness:
+        """The checkpoint in `note`, a signed note kept outside the database, for `verify`.
+
+        `ValidationFailed` naming `field` unless it is a checkpoint of `chain`
+        signed by one of the chain's keys (see `bastion.audit.witness`).
+        """
+        self.database(chain)
+        return parse_witness(
+            note, self.keys.key_name(chain), self.keys.verifiers(chain), field=field
+        )
 
     def head_seq(self, chain: str) -> int:
         with self.database(chain).transaction() as conn:
@@ -245,15 +280,19 @@ class AuditLog:
     # -- retention and redaction -----------------------------------------------------
 
     def plan_prune(self, chain: str) -> PrunePlan:
+        """What `prune` would remove now; `Conflict` if the checkpoint it would use is bad."""
         cutoff = self._clock.now() - timedelta(days=self._settings.retention_days)
+        verifiers = self.keys.verifiers(chain)
         with self.database(chain).transaction() as conn:
-            return plan_prune(conn, chain, cutoff)
+            return plan_prune(conn, chain, cutoff, verifiers)
 
     def prune(self, chain: str, *, actor: str, dry_run: bool = False) -> PrunePlan:
         """Remove the segments older than `retention_days` (see `bastion.audit.retention`).
 
         Verifies the chain first and refuses (`Conflict`) if it does not verify:
-        pruning must never destroy the evidence of tampering.
+        pruning must never destroy the evidence of tampering. The checkpoint it
+        prunes to is checked again under the chain's lock, in the pruning
+        transaction (a row inserted after the verify is not trusted).
         """
         plan = self.plan_prune(chain)
         if dry_run or plan.upto_seq is None:
@@ -265,10 +304,11 @@ class AuditLog:
                 f"{report.problem.seq if report.problem else '?'}); not pruning"
             )
         key = self.keys.signing_key(chain)
+        verifiers = self.keys.verifiers(chain)
         with self.database(chain).transaction(write=True) as conn:
             lock_chain(conn, chain, wait=True)
-            plan = plan_prune(conn, chain, plan.cutoff)
-            prune(conn, plan, key, self._clock, actor=actor)
+            plan = plan_prune(conn, chain, plan.cutoff, verifiers)
+            prune(conn, plan, key, verifiers, self._clock, actor=actor)
         self.notify(chain)
         return plan
 
@@ -282,15 +322,21 @@ class AuditLog:
         pseudonyms: Mapping[str, str] | None = None,
     ) -> AuditEvent:
         """Redact one event's payload (see `bastion.audit.retention.redact`)."""
-        self.flush(chain)
         with self.database(chain).transaction(write=True) as conn:
             event = redact(
-                conn, self._clock, event_id, actor=actor, reason=reason, pseudonyms=pseudonyms or {}
+                conn,
+                self._clock,
+                chain,
+                event_id,
+                actor=actor,
+                reason=reason,
+                pseudonyms=pseudonyms or {},
+                batch_size=self._settings.batch_size,
             )
         self.notify(chain)
         return event
 
-    # -- background sequencer ------------------------------------------------------
+    # -- background sequencer and health ---------------------------------------------
 
     def start(self) -> None:
         """Start this process's background sequencer (idempotent)."""
@@ -306,6 +352,36 @@ class AuditLog:
 
     close = stop
 
+    def health(self) -> AuditHealth:
+        """Each chain's backlog and the sequencer's last rounds (never raises for a chain).
+
+        A chain is ok when its database answers and no pending event has waited
+        longer than `max_backlog_age_seconds`; the whole is ok when every chain is
+        and the sequencer thread, if started, is alive. For `/readyz`.
+        """
+        sequencer = self._sequencer
+        limit = self._settings.max_backlog_age_seconds
+        now = self._clock.now()
+        chains = []
+        for chain in self._databases:
+            status = sequencer.status(chain) if sequencer is not None else None
+            failures = status.failures if status else 0
+            error = status.last_error if status else None
+            try:
+                with self.database(chain).transaction() as conn:
+                    seq = head(conn).seq
+                    count, oldest = conn.execute(
+                        select(func.count(), func.min(AUDIT.pending.c.occurred_at))
+                    ).one()
+            except (RegionUnavailable, SQLAlchemyError):
+                chains.append(ChainHealth(chain, False, None, None, None, failures, error, False))
+                continue
+            age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+            ok = age is None or age <= limit
+            chains.append(ChainHealth(chain, True, seq, int(count), age, failures, error, ok))
+        state = sequencer.state if sequencer is not None else "stopped"
+        return AuditHealth(state, tuple(chains))
+
 
 def _fingerprint(kind: str, chains: list[str], flt: EventFilter, descending: bool) -> str:
     return json.dumps(["audit", kind, chains, flt.fingerprint(), descending], separators=(",", ":"))
@@ -318,40 +394,3 @@ def _open_position(cursors: CursorCodec, fingerprint: str, cursor: str) -> Posit
     except ValueError:
         raise BadRequest("the cursor is invalid") from None
     return moment, position.id
-
-
-class Sequencer:
-    """One background thread per process that keeps every chain chained and checkpointed."""
-
-    def __init__(self, audit: AuditLog, interval: float) -> None:
-        self._audit = audit
-        self._interval = interval
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self.run_once()
-        self.run_once()  # chain what the last requests appended
-
-    def run_once(self) -> None:
-        for chain in self._audit.chains:
-            try:
-                self._audit.tick(chain)
-            except (BastionError, SQLAlchemyError) as exc:
-                # One database down must not stop the others; the next tick retries.
-                log.warning("audit_sequencer_failed", chain=chain, error=type(exc).__name__)

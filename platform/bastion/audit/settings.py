@@ -25,6 +25,11 @@ class AuditSettings(BaseModel):
     sequencer_interval_seconds: float = Field(default=0.5, ge=0.05, le=60)
     # Events chained per sequencer transaction.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # How far an event's occurred_at may fall outside the signed checkpoint times
+    # around it before `verify` flags it (a warning: backdating or clock skew).
+    clock_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
+    # `AuditLog.health()` is not ok when a pending event has waited longer than this.
+    max_backlog_age_seconds: int = Field(default=60, ge=1, le=86_400)
     origin: str = Field(
         default="bastion.local/audit",
         pattern=r"^[a-z0-9][a-z0-9.-]{0,62}(/[a-z0-9._-]{1,63}){0,4}$",

@@ -7,16 +7,17 @@ and `control_metadata` (which is what the migrations and the drift check compare
 against). All SQL uses `AUDIT`, the region copy: the names are the same everywhere.
 
 * `audit_events` — written by `append`, in the caller's transaction; only its
-  `payload` may change, by a recorded redaction; rows go only by pruning.
+  `payload` may change, once, by a recorded redaction; rows go only by pruning.
 * `audit_record_refs` — one row per record id of an event (the "who touched
-  record X" index); changed only by redaction and pruning.
+  record X" index), written by the database's queue trigger; changed only by
+  redaction and pruning; `verify` compares it with the payloads.
 * `audit_pending` — the work queue of `append`, emptied by the sequencer; not
   evidence, so rows are deleted freely.
 * `audit_chain` — written by the sequencer; never changed, rows go only by
   pruning below a signed prune mark.
 * `audit_checkpoints`, `audit_prunes`, `audit_redactions` — insert-only.
 
-The database enforces the last column with triggers (see the audit migrations).
+The database enforces this with triggers and grants (`bastion.audit.ddl`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,8 @@ def define_audit_tables(metadata: MetaData) -> AuditTables:
         Column("event_id", String(EVENT_ID_LENGTH), nullable=False),
         Column("redaction_event_id", String(EVENT_ID_LENGTH), nullable=False),
         Column("original_payload_hash", LargeBinary(32), nullable=False),
+        # The update guard lets the payload change once, from the original to this.
+        Column("redacted_payload_hash", LargeBinary(32), nullable=False),
         Column("redacted_at", UTCDateTime(), nullable=False),
         Column("actor", String(ACTOR_LENGTH), nullable=False),
         Column("reason", String(200), nullable=False),

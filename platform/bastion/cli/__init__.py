@@ -4,9 +4,11 @@ from bastion.cli.audit import audit
 from bastion.cli.keys import keys
 from bastion.cli.main import main
 from bastion.cli.policy import policy
+from bastion.cli.rekey import rotate_dek
 
 main.add_command(audit)
 main.add_command(keys)
+keys.add_command(rotate_dek)
 main.add_command(policy)
 
 __all__ = ["main"]

@@ -2,7 +2,10 @@
 
 `--region` takes a region name or `control`; without it a command covers every
 region and the control chain. `verify` exits 0 printing OK when every chain and
-checkpoint verifies, and 1 naming the first bad sequence number otherwise.
+checkpoint verifies, and 1 naming the first bad sequence number otherwise; 2 for
+bad usage, e.g. `--from` more than one past a chain's head (nothing there to
+verify: likely a mistake, and never reported as tampering), or an `--against`
+note that is not a checkpoint of the chain signed by its key.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import click
 from bastion.audit import AuditEvent, key_ring
 from bastion.audit.keys import AuditKeyError
 from bastion.audit.queries import parse_filter
+from bastion.audit.verify import VerifyReport
+from bastion.audit.witness import MAX_NOTE_BYTES, Witness
 from bastion.cli.common import cli_settings, open_state
 from bastion.config import Settings
 from bastion.errors import Conflict, ValidationFailed
@@ -60,22 +65,46 @@ def _all_chains(settings: Settings) -> tuple[str, ...]:
 @audit.command("verify")
 @region_option
 @click.option("--from", "from_seq", type=click.IntRange(min=1), default=None, help="Start here.")
-def verify(region: str | None, from_seq: int | None) -> None:
-    """Re-walk each chain and its signed checkpoints; name the first bad sequence number."""
+@click.option(
+    "--against",
+    type=click.Path(exists=True, dir_okay=False, readable=True),
+    default=None,
+    help="A signed checkpoint note kept outside the database (needs --region).",
+)
+def verify(region: str | None, from_seq: int | None, against: str | None) -> None:
+    """Re-walk each chain and its signed checkpoints; name the first bad sequence number.
+
+    With --against, the chain must also agree with that witness copy of a
+    checkpoint (as printed by `bastion audit checkpoint`): a database whose
+    checkpoints were deleted along with a rewrite or truncation is still caught.
+    """
+    if against is not None and region is None:
+        raise click.UsageError("--against checks one chain; name it with --region")
     failed: list[tuple[str, int | None]] = []
     with _state() as state:
         for chain in _chains(_all_chains(state.settings), region):
+            witness = _witness(state, chain, against) if against is not None else None
             total = max(state.audit.head_seq(chain) - (from_seq or 1) + 1, 0)
-            with click.progressbar(
-                length=total, label=f"verifying {chain}", file=sys.stderr
-            ) as bar:
-                report = state.audit.verify(chain, from_seq=from_seq, progress=bar.update)
+            try:
+                with click.progressbar(
+                    length=total, label=f"verifying {chain}", file=sys.stderr
+                ) as bar:
+                    report = state.audit.verify(
+                        chain, from_seq=from_seq, progress=bar.update, witness=witness
+                    )
+            except ValidationFailed as exc:
+                problems = "; ".join(f"--{e.field} {e.message}" for e in exc.errors)
+                raise click.UsageError(f"{chain}: {problems or exc.detail}") from None
+            except Conflict as exc:
+                raise click.ClickException(f"{chain}: {exc.detail}") from None
             problem = report.problem
+            _warn_times(chain, report)
             if problem is None:
+                checked = f"; agrees with the witness at {witness.tree_size}" if witness else ""
                 click.echo(
                     f"{chain}: OK ({report.entries} entries verified, seq {report.first_seq}.."
                     f"{report.last_seq}; {report.checkpoints} checkpoints; "
-                    f"{report.pending} pending)"
+                    f"{report.pending} pending{checked})"
                 )
                 continue
             failed.append((chain, problem.seq))
@@ -84,9 +113,30 @@ def verify(region: str | None, from_seq: int | None) -> None:
             click.echo(f"{chain}: FAILED at {where}: {problem.kind}: {problem.detail}{event}")
     if failed:
         for chain, seq in failed:
-            shown = seq if seq is not None else "none (an unchained event)"
+            shown = seq if seq is not None else "none (an event without one)"
             click.echo(f"{chain}: first bad sequence number: {shown}", err=True)
         sys.exit(1)
+
+
+def _witness(state: State, chain: str, path: str) -> Witness:
+    with open(path, "rb") as handle:
+        raw = handle.read(MAX_NOTE_BYTES + 1)
+    try:
+        return state.audit.witness(chain, raw.decode("utf-8"), field="against")
+    except UnicodeDecodeError:
+        raise click.UsageError("--against must be a UTF-8 signed note") from None
+    except ValidationFailed as exc:
+        raise click.UsageError("; ".join(f"--{e.field} {e.message}" for e in exc.errors)) from None
+
+
+def _warn_times(chain: str, report: VerifyReport) -> None:
+    if report.time_anomalies:
+        click.echo(
+            f"{chain}: warning: {report.time_anomalies} events are dated outside the signed "
+            "checkpoint times around them by more than the clock tolerance (backdated, or "
+            f"skewed clocks); the first at sequence number {report.first_time_anomaly_seq}",
+            err=True,
+        )
 
 
 @audit.command("checkpoint")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +33,17 @@ def cli_settings() -> Settings:
             home=str(settings.home),
         )
     return settings
+
+
+def cli_actor() -> str:
+    """Who the audit log says acted for a CLI command: `cli:<os user>` (normalised to
+    the characters an audit actor may hold)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+    safe = re.sub(r"[^a-z0-9_.-]", "_", user.lower())[:64]
+    return f"cli:{safe}" if safe else "cli"
 
 
 def is_embedded(settings: Settings) -> bool:

@@ -8,7 +8,7 @@ from datetime import timedelta
 import click
 
 from bastion import migrate as migrations
-from bastion.cli.common import cli_settings, is_embedded, log, open_state
+from bastion.cli.common import cli_actor, cli_settings, is_embedded, log, open_state
 
 
 @click.group()
@@ -83,6 +83,7 @@ def tokens_create(
             teams=teams,
             description=description,
             expires_in=timedelta(days=expires_in_days) if expires_in_days else None,
+            actor=cli_actor(),
         )
     principal = issued.principal
     click.echo(
@@ -116,7 +117,7 @@ def tokens_revoke(token_id: str) -> None:
     """Revoke a token by its id (the 16 characters after `bst_`)."""
     settings = cli_settings()
     with open_state(settings) as state:
-        state.tokens.revoke(token_id)
+        state.tokens.revoke(token_id, actor=cli_actor())
     click.echo(f"revoked {token_id}")
 
 
@@ -130,7 +131,10 @@ def demo(host: str, port: int) -> None:
     settings = cli_settings()
     with open_state(settings) as state:
         issued = state.tokens.issue(
-            principal_name="demo-admin", roles=["admin"], description="make run demo token"
+            principal_name="demo-admin",
+            roles=["admin"],
+            description="make run demo token",
+            actor=cli_actor(),
         )
         counts = seed(state, issued.principal)
     for region, created in counts.items():

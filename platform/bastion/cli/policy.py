@@ -6,14 +6,13 @@ and history work on the control database, where versions and changes are recorde
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
 
 import click
 
-from bastion.cli.common import cli_settings, open_state
+from bastion.cli.common import cli_actor, cli_settings, open_state
 from bastion.policy.cases import CaseError, load_checks, run_checks
 from bastion.policy.conditions import ConditionError, record_facts
 from bastion.policy.diff import diff, source_at
@@ -174,9 +173,7 @@ def reload(reason: str) -> None:
     with open_state(settings) as state:
         old = state.policy.version
         try:
-            loaded, change, findings = state.reload_policy(
-                actor=f"cli:{getpass.getuser()}", reason=reason
-            )
+            loaded, change, findings = state.reload_policy(actor=cli_actor(), reason=reason)
         except PolicyError as exc:
             raise click.ClickException(f"refused; the active policy keeps running: {exc}") from None
     for finding in findings:

@@ -33,6 +33,10 @@ class FieldsForbidden(Forbidden):
         super().__init__(detail)
         self.fields = tuple(sorted(fields))
 
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"fields": list(self.fields)}
+
 
 class Access:
     """What one principal may do, under one loaded policy (one per request)."""
@@ -68,7 +72,9 @@ class Access:
     def require_in_scope(
         self, scope: RowScope, spec: EntitySpec, values: Mapping[str, Any], action: str
     ) -> None:
-        """A record about to be created must fall inside the create scope."""
+        """A record about to be created, or as an update would leave it, must fall inside
+        that action's scope: a caller cannot hand a record to where it could not have
+        created it (e.g. a rep scoped to `own` giving a contact to someone else)."""
         if not scope.covers(self.facts(spec, values).scopes):
             raise Forbidden(
                 f"your {action} scope on {spec.name} is {scope.describe()}: "
@@ -81,11 +87,17 @@ class Access:
         return self.policy.mask(self._roles, region, spec.name, action)
 
     def readable(self, region: str, spec: EntitySpec, values: Mapping[str, Any]) -> frozenset[str]:
-        """The fields of this record the caller may read."""
+        """The fields of this record the caller may read: none at all when the record is
+        outside its read scope (e.g. the answer to a create or update that a policy
+        allowed without allowing the caller to read the result)."""
+        scope = self.policy.scope(self._roles, region, spec.name, "read")
         mask = self.mask(region, spec, "read")
-        if not mask.conditional:
+        if scope.unrestricted and not mask.conditional:
             return mask.always
-        return mask.permitted(self.facts(spec, values))
+        facts = self.facts(spec, values)
+        if not scope.covers(facts.scopes):
+            return frozenset()
+        return mask.permitted(facts) if mask.conditional else mask.always
 
     def require_writable(
         self,

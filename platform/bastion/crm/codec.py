@@ -158,10 +158,30 @@ class RecordCodec:
             values[field.name] = from_plaintext(field, plain)
         return Revealed(values, tuple(erased))
 
-    def matches(self, field: FieldSpec, value: Any, wanted: Any) -> bool:
-        """Whether a decrypted value equals a filter value once both are normalised
-        (weeds out the false positives a truncated blind index lets through)."""
-        if value is None:
-            return False
-        kind = index_kind(field)
-        return bool(normalize(kind, str(value)) == normalize(kind, str(wanted)))
+    def open_field(
+        self,
+        conn: Connection,
+        spec: EntitySpec,
+        region: str,
+        stored: Mapping[str, Any],
+        field: FieldSpec,
+    ) -> Any:
+        """One encrypted field of a stored record, decrypted (None if unset or erased)."""
+        blob = stored.get(field.name)
+        if blob is None:
+            return None
+        context = FieldContext(region, spec.table_name, str(stored["id"]), field.name)
+        try:
+            return from_plaintext(field, self._keys.unseal(conn, bytes(blob), context))
+        except KeyDestroyed:
+            return None
+
+    @staticmethod
+    def normalized(field: FieldSpec, value: Any) -> str:
+        """A searchable field's value as its blind index sees it."""
+        return normalize(index_kind(field), str(value))
+
+    def matches(self, field: FieldSpec, value: Any, wanted: str) -> bool:
+        """Whether a decrypted value equals an already `normalized` wanted value (weeds
+        out the false positives a truncated blind index lets through)."""
+        return value is not None and self.normalized(field, value) == wanted

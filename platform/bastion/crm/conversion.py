@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from bastion.crm import repository
+from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.pipeline import not_found, stale
 from bastion.crm.records import Record, parse_if_match, to_json_value
 from bastion.crm.schemas import validate_create
 from bastion.errors import Conflict, FieldError, ValidationFailed
-from bastion.principals.tokens import Principal
+from bastion.principals.caller import Caller
 from bastion.residency.ids import InvalidId, RecordId
 
 if TYPE_CHECKING:
@@ -51,16 +52,30 @@ class _Options:
 
 def convert_lead(
     pipeline: Pipeline,
-    principal: Principal,
+    caller: Caller,
     lead_id: str,
     body: Mapping[str, Any],
     *,
     if_match: str | None = None,
 ) -> Conversion:
+    principal = caller.principal
     rid = pipeline.route(principal, LEADS, lead_id)
-    region = rid.region
-    options = _options(body)
     access = pipeline.access(principal)
+    with pipeline.denials(caller, access, rid.region, LEADS, "convert", (lead_id,)):
+        return _convert(pipeline, caller, access, rid.region, lead_id, body, if_match)
+
+
+def _convert(
+    pipeline: Pipeline,
+    caller: Caller,
+    access: Access,
+    region: str,
+    lead_id: str,
+    body: Mapping[str, Any],
+    if_match: str | None,
+) -> Conversion:
+    principal = caller.principal
+    options = _options(body)
     lead_scope = access.require(region, LEADS, "update")
     create_scopes = {CONTACTS.name: access.require(region, CONTACTS, "create")}
     if options.account_id is None:
@@ -87,9 +102,16 @@ def convert_lead(
         return record_id
 
     with pipeline.write(database, "a record the conversion links to no longer exists") as conn:
-        lead = pipeline.fetch(conn, database, LEADS, lead_id, access.where(LEADS, lead_scope))
-        if lead is None:
+        stored_lead = pipeline.fetch(
+            conn, database, LEADS, lead_id, access.where(LEADS, lead_scope)
+        )
+        if stored_lead is None:
             raise not_found(LEADS)
+        # The lead's personal data is copied server-side into the new records (and
+        # sealed there under the new contact's key); the caller sees only what it may.
+        lead = pipeline.codec.reveal(
+            conn, LEADS, region, stored_lead, [f.name for f in LEADS.encrypted_fields]
+        ).values
         if if_match is not None and expected != lead["version"]:
             raise stale(LEADS)
         if lead["status"] == "converted":
@@ -145,6 +167,20 @@ def convert_lead(
                 "updated_at": now,
             },
         )
+        made = [r for r in (contact_id, account_id, opportunity_id) if r is not None]
+        pipeline.recorder.append(
+            conn,
+            region,
+            pipeline.recorder.event(
+                caller,
+                access.policy.version,
+                action="lead.convert",
+                entity=LEADS.name,
+                record_ids=[lead_id, *made],
+                fields=["status", "converted_at", "converted_contact_id", "converted_account_id"],
+                details={"new_account": options.account_id is None},
+            ),
+        )
         shown: dict[str, Record] = {}
         for spec, record_id in (
             (LEADS, lead_id),
@@ -157,7 +193,7 @@ def convert_lead(
             stored = pipeline.fetch(conn, database, spec, record_id)
             if stored is None:
                 raise not_found(spec)
-            shown[spec.name] = pipeline.show(access, region, spec, stored)
+            shown[spec.name] = pipeline.show(conn, access, region, spec, stored)
     return Conversion(
         lead=shown[LEADS.name],
         contact=shown[CONTACTS.name],

@@ -8,8 +8,9 @@ The next-page cursor is sealed (`crm.cursors`) and bound to the query.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -89,14 +90,42 @@ def parse_filters(spec: EntitySpec, raw: Mapping[str, str]) -> dict[str, Any]:
     return values
 
 
-def merge_key(values: Mapping[str, Any], sort: repository.Sort) -> tuple[Any, ...]:
+@dataclass(slots=True)
+class PageItem:
+    record: dict[str, Any]
+    sort_value: Any  # the stored value of the sort column (never an encrypted field)
+
+
+@dataclass(slots=True)
+class RegionPage:
+    """One region's part of a list page, in the order its database returned it."""
+
+    region: str
+    items: list[PageItem] = field(default_factory=list)
+
+    def add(self, record: dict[str, Any], sort_value: Any) -> None:
+        self.items.append(PageItem(record, sort_value))
+
+
+def merge_pages(
+    pages: list[RegionPage], sort: repository.Sort, limit: int
+) -> tuple[list[PageItem], bool]:
+    """The first `limit` items across regions in sort order, and whether more follow."""
+    streams = [
+        [(merge_key(item.sort_value, item.record["id"], sort), index, item) for item in page.items]
+        for index, page in enumerate(pages)
+    ]
+    merged = [item for _key, _i, item in heapq.merge(*streams, key=lambda e: e[0])][: limit + 1]
+    return merged[:limit], len(merged) > limit
+
+
+def merge_key(value: Any, record_id: str, sort: repository.Sort) -> tuple[Any, ...]:
     """The order the database returned rows in, as a Python key (for merging regions)."""
     if sort.column == "id":
-        return (_Reversed(values["id"]),) if sort.descending else (values["id"],)
-    value = values[sort.column]
+        return (_Reversed(record_id),) if sort.descending else (record_id,)
     if sort.descending:
-        return (value is None, _Reversed(value), _Reversed(values["id"]))
-    return (value is None, value, values["id"])
+        return (value is None, _Reversed(value), _Reversed(record_id))
+    return (value is None, value, record_id)
 
 
 class _Reversed:

@@ -1,7 +1,8 @@
 """A principal's effective permissions, as `/v1/me` and the caller's OpenAPI show them.
 
 Per entity: the actions allowed (in any of the principal's regions), the fields it
-may always read and write, the fields it may read or write only on records meeting
+may always read and write in every one of its regions, the fields it may read or
+write only on records meeting
 a condition (with the condition), the row scope of reads, and the same broken down
 per region. Computed from the compiled policy, so it is exactly what the pipeline
 enforces.
@@ -51,8 +52,9 @@ def effective_permissions(policy: Policy, principal: Principal) -> dict[str, Any
         default = by_region.get(principal.default_region) if principal.regions else None
         permissions[name] = {
             "actions": all_actions,
-            "read_fields": _ordered(name, {f for r in regions for f in r["read_fields"]}),
-            "write_fields": _writable(name, {f for r in regions for f in r["write_fields"]}),
+            # In every region the caller holds (the per-region lists are under "regions").
+            "read_fields": _ordered(name, _common(regions, "read_fields", ("read", "list"))),
+            "write_fields": _writable(name, _common(regions, "write_fields", ("create", "update"))),
             "conditional_read_fields": _merged(regions, "conditional_read_fields"),
             "conditional_write_fields": _merged(regions, "conditional_write_fields"),
             "scope": (default["scopes"].get("read", "none") if default else "none"),
@@ -83,6 +85,12 @@ def _ordered(entity: str, names: set[str] | frozenset[str]) -> list[str]:
 def _writable(entity: str, names: set[str] | frozenset[str]) -> list[str]:
     """Writable field names: read-only fields are set by Bastion, never by a caller."""
     return [f.name for f in ENTITIES[entity].writable_fields() if f.name in names]
+
+
+def _common(regions: list[dict[str, Any]], key: str, actions: tuple[str, ...]) -> set[str]:
+    """The fields listed under `key` in every region where one of `actions` is allowed."""
+    lists = [set(r[key]) for r in regions if set(actions) & set(r["actions"])]
+    return set.intersection(*lists) if lists else set()
 
 
 def _merged(regions: list[dict[str, Any]], key: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The steps every record operation shares: route, authorize, persist.
+"""The steps every record operation shares: route, authorize, encrypt, persist, audit.
 
 `RecordService` (get, list, create, update, delete) and lead conversion are built
 on `Pipeline`, so the steps run the same way, in the same order, everywhere:
@@ -9,10 +9,12 @@ on `Pipeline`, so the steps run the same way, in the same order, everywhere:
 2. authorize — `crm.access.Access`: the action, the row scope (a WHERE clause) and
                the field masks, from the compiled policy.
 3. validate  — the body against the field catalog (`crm.schemas`).
-4. (encrypt / decrypt — the encryption layer plugs into `fetch` and `insert`.)
+4. encrypt / decrypt — `crm.codec`: encrypted fields are sealed under the data
+               subject's key on the way in (`insert`, `seal_changes`) and only the
+               fields the caller may read are opened on the way out (`show`).
 5. persist   — one transaction in the record's region database (`write`);
                optimistic concurrency on `version`.
-6. (audit   — the audit layer appends its event inside that same transaction.)
+6. audit     — `crm.auditing`: the event goes into that same transaction.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from sqlalchemy.exc import IntegrityError
 from bastion.clock import Clock
 from bastion.crm import repository
 from bastion.crm.access import Access
+from bastion.crm.auditing import Recorder
 from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.crm.codec import RecordCodec
 from bastion.crm.records import Record, render
+from bastion.crypto.keyring import Keyring
 from bastion.errors import (
     Conflict,
     FieldError,
@@ -39,6 +44,7 @@ from bastion.errors import (
     ValidationFailed,
 )
 from bastion.policy.engine import Policy
+from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
 from bastion.residency.databases import Database, Regions
 from bastion.residency.ids import InvalidId, RecordId
@@ -47,14 +53,27 @@ Values = dict[str, Any]
 
 
 class Pipeline:
-    def __init__(self, *, regions: Regions, policy: Callable[[], Policy], clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        regions: Regions,
+        policy: Callable[[], Policy],
+        clock: Clock,
+        keys: Keyring,
+        audit_notify: Callable[[str], None] | None = None,
+    ) -> None:
         self._regions = regions
         self._policy = policy
         self._clock = clock
+        self.codec = RecordCodec(keys)
+        self.recorder = Recorder(clock, audit_notify)
 
     def access(self, principal: Principal) -> Access:
         """The caller's rights under the policy in force now (fixed for the call)."""
         return Access(self._policy(), principal)
+
+    def now(self) -> datetime:
+        return self._clock.now()
 
     def route(self, principal: Principal, spec: EntitySpec, record_id: str) -> RecordId:
         """The region a record id names. Anything we would not query is a 404."""
@@ -70,20 +89,40 @@ class Pipeline:
             raise not_found(spec)
         return rid
 
-    def now(self) -> datetime:
-        return self._clock.now()
-
     def database(self, region: str) -> Database:
         return self._regions.get(region)
 
     @contextmanager
     def write(self, database: Database, integrity_detail: str) -> Iterator[Connection]:
-        """A write transaction; a constraint violation (a race with a delete) is a 409."""
+        """A write transaction; a constraint violation (a race with a delete) is a 409.
+        After the commit the audit sequencer is told there is something to chain."""
         try:
             with database.transaction(write=True) as conn:
                 yield conn
         except IntegrityError:
             raise Conflict(integrity_detail) from None
+        self.recorder.committed(database)
+
+    @contextmanager
+    def denials(
+        self,
+        caller: Caller,
+        access: Access,
+        region: str,
+        spec: EntitySpec,
+        action: str,
+        record_ids: tuple[str, ...] = (),
+    ) -> Iterator[None]:
+        """Audit a 403 (or a 404 for `record_ids`) raised inside the block."""
+        with self.recorder.denials(
+            self.database(region),
+            caller,
+            access.policy.version,
+            entity=spec.name,
+            action=action,
+            record_ids=record_ids,
+        ):
+            yield
 
     def fetch(
         self,
@@ -93,7 +132,7 @@ class Pipeline:
         record_id: str,
         scope: ColumnElement[bool] | None = None,
     ) -> Values | None:
-        """The stored record (typed values), if it exists inside `scope`."""
+        """The stored record (encrypted fields still sealed), if it exists inside `scope`."""
         row = repository.fetch(conn, spec, record_id, scope=scope)
         if row is None:
             return None
@@ -110,11 +149,14 @@ class Pipeline:
         now: datetime,
         values: Mapping[str, Any],
     ) -> None:
+        """Insert a new record: encrypted fields sealed under its data subject's key."""
+        subject = self.codec.key_subject(spec, record_id, values)
+        sealed = self.codec.seal_fields(conn, spec, region, record_id, values, subject)
         repository.insert_record(
             conn,
             spec,
             {
-                **values,
+                **sealed,
                 "id": record_id,
                 "region": region,
                 "version": 1,
@@ -122,6 +164,41 @@ class Pipeline:
                 "updated_at": now,
             },
         )
+
+    def seal_changes(
+        self,
+        conn: Connection,
+        spec: EntitySpec,
+        region: str,
+        stored: Mapping[str, Any],
+        changes: Mapping[str, Any],
+    ) -> Values:
+        """Column values for an update. If the change moves the record to another data
+        subject (an activity relinked to another person), every encrypted field is
+        re-encrypted under the new subject's key, so erasing either person shreds
+        exactly what is theirs."""
+        record_id = str(stored["id"])
+        before = self.codec.key_subject(spec, record_id, stored)
+        after = self.codec.key_subject(spec, record_id, {**stored, **changes})
+        if before == after:
+            return self.codec.seal_fields(conn, spec, region, record_id, changes, after)
+        names = [f.name for f in spec.encrypted_fields]
+        current = self.codec.reveal(conn, spec, region, stored, names).values
+        merged = {**{n: current[n] for n in names}, **changes}
+        return self.codec.seal_fields(conn, spec, region, record_id, merged, after, fields=names)
+
+    def show(
+        self,
+        conn: Connection,
+        access: Access,
+        region: str,
+        spec: EntitySpec,
+        stored: Mapping[str, Any],
+    ) -> Record:
+        """The record as this caller may see it: only readable fields, decrypted."""
+        readable = access.readable(region, spec, stored)
+        revealed = self.codec.reveal(conn, spec, region, stored, readable)
+        return render(spec, revealed.values, readable, erased=revealed.erased)
 
     def check_refs(
         self,
@@ -149,12 +226,6 @@ class Pipeline:
                 errors.append(FieldError(field.name, f"no {target.singular} has that id"))
         if errors:
             raise ValidationFailed("the record links to records that do not exist", errors)
-
-    def show(
-        self, access: Access, region: str, spec: EntitySpec, values: Mapping[str, Any]
-    ) -> Record:
-        """The record as this caller may see it."""
-        return render(spec, values, access.readable(region, spec, values))
 
 
 def entity_spec(name: str) -> EntitySpec:

@@ -4,7 +4,9 @@ A record leaves the service as a dict of its system fields (`id`, `region`,
 `version`, `created_at`, `updated_at`), the catalog fields the caller may read, and
 `_withheld`: the names of the catalog fields it may not (absent, never null). A
 withheld field's value is dropped here, before the record leaves the service, so
-it cannot reach a response, a log line or an error body.
+it cannot reach a response, a log line or an error body. `_erased`, present only
+when not empty, names readable fields whose data key was destroyed (the person
+they were about was erased): they are absent, never returned as garbage.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from bastion.errors import PreconditionRequired
 
 Record = dict[str, Any]
 WITHHELD = "_withheld"
+ERASED = "_erased"
 _ETAG_RE = re.compile(r'(?:W/)?"v([0-9]{1,18})"')
 
 
@@ -34,16 +37,26 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
-def render(spec: EntitySpec, values: Mapping[str, Any], readable: frozenset[str]) -> Record:
+def render(
+    spec: EntitySpec,
+    values: Mapping[str, Any],
+    readable: frozenset[str],
+    *,
+    erased: tuple[str, ...] = (),
+) -> Record:
     """The record as the caller may see it: permitted fields only, the rest named."""
     record: Record = {name: to_json_value(values[name]) for name in SYSTEM_FIELDS}
     withheld = []
     for field in spec.fields:
+        if field.name in erased:
+            continue
         if field.name in readable:
             record[field.name] = to_json_value(values.get(field.name))
         else:
             withheld.append(field.name)
     record[WITHHELD] = withheld
+    if erased:
+        record[ERASED] = list(erased)
     return record
 
 

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from typing import Annotated, Any
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, WithJsonSchema
 from pydantic import create_model as _pydantic_model
 from pydantic_core import PydanticCustomError
@@ -69,6 +70,20 @@ def _matching(pattern: re.Pattern[str], what: str) -> Callable[[object, FieldSpe
         return text
 
     return check
+
+
+def _phone(value: object, spec: FieldSpec) -> str:
+    """E.164 text that is also a possible number of its country (libphonenumber), so
+    every stored phone can be normalised for its blind index."""
+    text = _matching(_PHONE_RE, "a phone number in E.164 form, e.g. +4930123456")(value, spec)
+    assert isinstance(text, str)
+    try:
+        possible = phonenumbers.is_possible_number(phonenumbers.parse(text, None))
+    except phonenumbers.NumberParseException:
+        possible = False
+    if not possible:
+        raise _fail("format", "must be a possible phone number of its country code")
+    return text
 
 
 def _integer(value: object, spec: FieldSpec) -> int:
@@ -197,7 +212,7 @@ _VALIDATORS: Mapping[str, Callable[[object, FieldSpec], object]] = {
     "string": lambda v, s: _text(v, s, multiline=False),
     "text": lambda v, s: _text(v, s, multiline=True),
     "email": _matching(_EMAIL_RE, "an email address"),
-    "phone": _matching(_PHONE_RE, "a phone number in E.164 form, e.g. +4930123456"),
+    "phone": lambda v, s: _phone(v, s),
     "url": _matching(_URL_RE, "an http(s) URL"),
     "country": _matching(_COUNTRY_RE, "an ISO 3166-1 alpha-2 country code, e.g. DE"),
     "currency": _matching(_CURRENCY_RE, "an ISO 4217 currency code, e.g. EUR"),

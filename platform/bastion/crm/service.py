@@ -2,43 +2,50 @@
 
 Get, list, create, update and delete, each running the pipeline's steps in order
 (`crm.pipeline`): route by id, authorize (action, row scope, field masks), validate,
-persist in one transaction in the record's region. Lead conversion lives in
-`crm.conversion` on the same steps. The HTTP layer calls these methods from a
-worker thread; so do the CLI and jobs.
+encrypt, persist in one transaction in the record's region, audit in that same
+transaction. Lead conversion lives in `crm.conversion` on the same steps. The HTTP
+layer calls these methods from a worker thread; so do the CLI and jobs.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
+
 from bastion.clock import Clock
-from bastion.crm import conversion, idempotency, repository
+from bastion.crm import conversion, dedup, idempotency, repository
 from bastion.crm.access import Access
-from bastion.crm.catalog import EntitySpec
+from bastion.crm.catalog import EntitySpec, FieldSpec
 from bastion.crm.cursors import CursorCodec, Position
 from bastion.crm.listing import (
-    SYSTEM_SORTS,
     ListQuery,
+    RegionPage,
     from_cursor_value,
-    merge_key,
+    merge_pages,
     parse_filters,
     parse_limit,
     parse_sort,
 )
-from bastion.crm.pipeline import Pipeline, Values, entity_spec, not_found, stale
+from bastion.crm.pipeline import Pipeline, entity_spec, not_found, stale
 from bastion.crm.records import Record, parse_if_match, to_json_value
 from bastion.crm.schemas import check_required_links, validate_create, validate_patch
+from bastion.crypto.keyring import Keyring
 from bastion.errors import Conflict, FieldError, Forbidden, ValidationFailed
+from bastion.policy.compiled import RowScope
 from bastion.policy.engine import Policy
+from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
 from bastion.residency.databases import Database, Regions
 from bastion.residency.ids import RecordId
 
 __all__ = ["Created", "ListQuery", "Page", "RecordService"]
+
+_GONE = "the record references a record that no longer exists"
+_CANDIDATES = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,36 +68,59 @@ class RecordService(Pipeline):
         policy: Callable[[], Policy],
         clock: Clock,
         cursors: CursorCodec,
+        keys: Keyring,
+        idempotency_secret: bytes,
+        audit_notify: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(regions=regions, policy=policy, clock=clock)
+        super().__init__(
+            regions=regions, policy=policy, clock=clock, keys=keys, audit_notify=audit_notify
+        )
         self._cursors = cursors
+        self._idempotency_secret = idempotency_secret
 
     # -- reads ---------------------------------------------------------------------
 
-    def get(self, principal: Principal, entity: str, record_id: str) -> Record:
+    def get(self, caller: Caller, entity: str, record_id: str) -> Record:
         spec = entity_spec(entity)
-        rid = self.route(principal, spec, record_id)
-        access = self.access(principal)
-        scope = access.require(rid.region, spec, "read")
-        database = self.database(rid.region)
-        with database.transaction() as conn:
-            values = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
-        if values is None:
-            raise not_found(spec)
-        return self.show(access, rid.region, spec, values)
+        rid = self.route(caller.principal, spec, record_id)
+        access = self.access(caller.principal)
+        with self.denials(caller, access, rid.region, spec, "read", (record_id,)):
+            scope = access.require(rid.region, spec, "read")
+            database = self.database(rid.region)
+            # A write transaction: the read's audit event commits before we answer.
+            with self.write(database, _GONE) as conn:
+                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                if stored is None:
+                    raise not_found(spec)
+                record = self.show(conn, access, rid.region, spec, stored)
+                self._audit_read(conn, rid.region, caller, access, spec, "read", [record])
+        return record
 
-    def list_records(self, principal: Principal, entity: str, query: ListQuery) -> Page:
+    def list_records(self, caller: Caller, entity: str, query: ListQuery) -> Page:
         spec = entity_spec(entity)
-        access = self.access(principal)
+        access = self.access(caller.principal)
+        region_for_denial = query.region or (
+            caller.principal.default_region if caller.principal.regions else None
+        )
+        if region_for_denial is None or region_for_denial not in self._regions:
+            return self._list(caller, access, spec, query)
+        with self.denials(caller, access, region_for_denial, spec, "list"):
+            return self._list(caller, access, spec, query)
+
+    def _list(self, caller: Caller, access: Access, spec: EntitySpec, query: ListQuery) -> Page:
         limit = parse_limit(query.limit)
-        sort = parse_sort(spec, query.sort)
-        filters = parse_filters(spec, query.filters)
         regions = self._list_regions(access, spec, query.region)
         names = [region for region, _scope in regions]
-        if filters:
-            access.require_readable(names, spec, filters, "filter")
-        if sort.column not in SYSTEM_SORTS:
-            access.require_readable(names, spec, [sort.column], "sort")
+        # Permission before validation: a field the caller may not read is a 403
+        # whatever the filter value, so the answer says nothing about the field.
+        filtered = [name for name in query.filters if spec.field(name) is not None]
+        if filtered:
+            access.require_readable(names, spec, filtered, "filter")
+        sorted_by = (query.sort or "").removeprefix("-")
+        if spec.field(sorted_by) is not None:
+            access.require_readable(names, spec, [sorted_by], "sort")
+        sort = parse_sort(spec, query.sort)
+        filters = parse_filters(spec, query.filters)
         fingerprint = json.dumps(
             [spec.name, sorted(query.filters.items()), query.sort or "created_at", names],
             separators=(",", ":"),
@@ -99,39 +129,98 @@ class RecordService(Pipeline):
         if query.cursor is not None:
             position = self._cursors.open(fingerprint, query.cursor)
             after = (from_cursor_value(spec, sort.column, position.value), position.id)
-        streams: list[list[tuple[Any, Values, str]]] = []
-        for region, scope in regions:
-            database = self.database(region)
-            with database.transaction() as conn:
+        pages = [
+            self._region_page(caller, access, spec, region, scope, filters, sort, after, limit)
+            for region, scope in regions
+        ]
+        merged, more = merge_pages(pages, sort, limit)
+        next_cursor = None
+        if more:
+            last = merged[-1]
+            value = to_json_value(last.sort_value)
+            next_cursor = self._cursors.seal(fingerprint, Position(value, last.record["id"]))
+        return Page([item.record for item in merged], next_cursor)
+
+    def _region_page(
+        self,
+        caller: Caller,
+        access: Access,
+        spec: EntitySpec,
+        region: str,
+        scope: RowScope,
+        filters: Mapping[str, Any],
+        sort: repository.Sort,
+        after: tuple[Any, str] | None,
+        limit: int,
+    ) -> RegionPage:
+        """Up to `limit + 1` matching records of one region, audited before returning.
+
+        Filters on encrypted fields match their blind index in SQL; a truncated index
+        lets false positives through, which are dropped after decrypting, fetching
+        further until the page is full or the region has no more rows."""
+        database = self.database(region)
+        plain, encrypted = dedup.split_filters(spec, filters)
+        searched = [
+            (field, self.codec.normalized(field, encrypted[field.name]))
+            for field in spec.encrypted_fields
+            if field.name in encrypted
+        ]
+        with self.write(database, _GONE) as conn:
+            column_filters = dict(plain)
+            for field, wanted in searched:
+                assert field.index_column is not None  # filterable encrypted = searchable
+                column_filters[field.index_column] = self.codec.index(
+                    conn, spec, region, field, wanted
+                )
+            page = RegionPage(region)
+            cursor = after
+            # With a blind-index filter, fetch candidates generously: a 16-bit index
+            # lets about R / 65,536 false positives through, and a second round trip
+            # costs more than a few extra rows.
+            batch = max(limit + 1, _CANDIDATES) if searched else limit + 1
+            while len(page.items) <= limit:
                 rows = repository.list_records(
                     conn,
                     spec,
-                    filters=filters,
+                    filters=column_filters,
                     sort=sort,
-                    after=after,
-                    limit=limit + 1,
+                    after=cursor,
+                    limit=batch,
                     scope=access.where(spec, scope),
                 )
-            stream = []
-            for row in rows:
-                values = dict(row._mapping)
-                stream.append((merge_key(values, sort), values, region))
-            streams.append(stream)
-        merged = list(heapq.merge(*streams, key=lambda item: item[0]))[: limit + 1]
-        page = merged[:limit]
-        next_cursor = None
-        if len(merged) > limit:
-            last = page[-1][1]
-            value = to_json_value(last[sort.column])
-            next_cursor = self._cursors.seal(fingerprint, Position(value, last["id"]))
-        return Page(
-            [self.show(access, region, spec, values) for _key, values, region in page],
-            next_cursor,
+                for row in rows:
+                    stored = dict(row._mapping)
+                    if searched and not self._matches(conn, spec, region, stored, searched):
+                        continue  # a blind-index false positive: decrypted, then dropped
+                    page.add(self.show(conn, access, region, spec, stored), stored[sort.column])
+                if len(rows) < batch or not searched:
+                    break
+                last = dict(rows[-1]._mapping)
+                cursor = (last[sort.column], last["id"])
+            page.items = page.items[: limit + 1]
+            self._audit_read(
+                conn, region, caller, access, spec, "list", [i.record for i in page.items[:limit]]
+            )
+        return page
+
+    def _matches(
+        self,
+        conn: Connection,
+        spec: EntitySpec,
+        region: str,
+        stored: Mapping[str, Any],
+        searched: list[tuple[FieldSpec, str]],
+    ) -> bool:
+        """Whether a row's searched fields really hold the wanted values (only those
+        fields are decrypted; the caller may read them, or it could not filter)."""
+        return all(
+            self.codec.matches(field, self.codec.open_field(conn, spec, region, stored, field), w)
+            for field, w in searched
         )
 
     def _list_regions(
         self, access: Access, spec: EntitySpec, requested: str | None
-    ) -> list[tuple[str, Any]]:
+    ) -> list[tuple[str, RowScope]]:
         """The regions to query, each with the caller's list scope there."""
         principal = access.principal
         if requested is not None:
@@ -153,54 +242,94 @@ class RecordService(Pipeline):
             raise Forbidden(f"your roles do not allow list on {spec.name} in any of your regions")
         return regions
 
+    def _audit_read(
+        self,
+        conn: Connection,
+        region: str,
+        caller: Caller,
+        access: Access,
+        spec: EntitySpec,
+        action: str,
+        records: list[Record],
+    ) -> None:
+        """Which records were returned, with which fields (names, never values)."""
+        returned = {
+            name
+            for record in records
+            for name in record
+            if not name.startswith("_") and name not in ("id", "region", "version")
+        }
+        event = self.recorder.event(
+            caller,
+            access.policy.version,
+            action=f"record.{action}",
+            entity=spec.name,
+            record_ids=[str(r["id"]) for r in records],
+            fields=sorted(returned),
+            details={"count": len(records)} if action == "list" else None,
+        )
+        self.recorder.append(conn, region, event)
+
     # -- writes --------------------------------------------------------------------
 
     def create(
         self,
-        principal: Principal,
+        caller: Caller,
         entity: str,
         body: Mapping[str, Any],
         *,
         idempotency_key: str | None = None,
+        allow_duplicate: bool = False,
     ) -> Created:
         spec = entity_spec(entity)
         fields = dict(body)
+        principal = caller.principal
         region = self._create_region(principal, fields.pop("region", None))
         access = self.access(principal)
-        scope = access.require(region, spec, "create")
-        idempotency.check_key(idempotency_key)
-        named = _writable_names(spec, fields)
-        access.require_writable(region, spec, named)
-        values = validate_create(spec, fields)
-        _check_lead_status(spec, values)
-        values["custom"] = _without_nulls(values.get("custom"))
-        if values.get("owner_id") is None:
-            values["owner_id"] = principal.id
-        if values.get("team_id") is None and principal.teams:
-            values["team_id"] = principal.teams[0]
-        access.require_writable(region, spec, named, proposed=values)
-        access.require_in_scope(scope, spec, values, "create")
+        with self.denials(caller, access, region, spec, "create"):
+            scope = access.require(region, spec, "create")
+            idempotency.check_key(idempotency_key)
+            named = _writable_names(spec, fields)
+            access.require_writable(region, spec, named)
+            values = validate_create(spec, fields)
+            _check_lead_status(spec, values)
+            values["custom"] = _without_nulls(values.get("custom"))
+            if values.get("owner_id") is None:
+                values["owner_id"] = principal.id
+            if values.get("team_id") is None and principal.teams:
+                values["team_id"] = principal.teams[0]
+            access.require_writable(region, spec, named, proposed=values)
+            access.require_in_scope(scope, spec, values, "create")
         database = self.database(region)
-        if idempotency_key is None:
-            return Created(self._insert_new(access, database, spec, region, values), False)
-        body_hash = idempotency.request_hash(spec.name, region, values)
+        body_hash = (
+            idempotency.request_hash(self._idempotency_secret, spec.name, region, values)
+            if idempotency_key is not None
+            else ""
+        )
         try:
             with self.write(database, _GONE) as conn:
-                earlier = idempotency.earlier_record(
-                    conn, spec.name, principal.id, idempotency_key, body_hash
-                )
-                if earlier is not None:
-                    return Created(self._replay(conn, access, database, spec, earlier), True)
-                record = self._insert_new(
-                    access,
-                    database,
-                    spec,
-                    region,
-                    values,
-                    conn=conn,
-                    key=(idempotency_key, body_hash),
-                )
+                if idempotency_key is not None:
+                    earlier = idempotency.earlier_record(
+                        conn, spec.name, principal.id, idempotency_key, body_hash
+                    )
+                    if earlier is not None:
+                        return Created(self._replay(conn, access, database, spec, earlier), True)
+                if not allow_duplicate:
+                    dedup.refuse_duplicates(self, conn, access, spec, region, values)
+                record = self._insert_new(conn, caller, access, database, spec, region, values)
+                if idempotency_key is not None:
+                    idempotency.remember(
+                        conn,
+                        entity=spec.name,
+                        principal_id=principal.id,
+                        key=idempotency_key,
+                        body_hash=body_hash,
+                        record_id=str(record["id"]),
+                        now=self.now(),
+                    )
         except Conflict:
+            if idempotency_key is None:
+                raise
             # A concurrent request with the same key committed first: answer as its replay.
             with database.transaction() as conn:
                 earlier = idempotency.earlier_record(
@@ -213,49 +342,48 @@ class RecordService(Pipeline):
 
     def _insert_new(
         self,
+        conn: Connection,
+        caller: Caller,
         access: Access,
         database: Database,
         spec: EntitySpec,
         region: str,
         values: Mapping[str, Any],
-        *,
-        conn: Any = None,
-        key: tuple[str, str] | None = None,
     ) -> Record:
-        if conn is None:
-            with self.write(database, _GONE) as c:
-                return self._insert_new(access, database, spec, region, values, conn=c, key=key)
-        now = self._clock.now()
+        now = self.now()
         record_id = str(RecordId.new(spec.prefix, region, now))
         self.check_refs(conn, access, spec, region, values)
         self.insert(conn, spec, record_id, region, now, values)
-        if key is not None:
-            idempotency.remember(
-                conn,
+        written = sorted(name for name, value in values.items() if value is not None)
+        self.recorder.append(
+            conn,
+            region,
+            self.recorder.event(
+                caller,
+                access.policy.version,
+                action="record.create",
                 entity=spec.name,
-                principal_id=access.principal.id,
-                key=key[0],
-                body_hash=key[1],
-                record_id=record_id,
-                now=now,
-            )
+                record_ids=[record_id],
+                fields=written,
+            ),
+        )
         stored = self.fetch(conn, database, spec, record_id)
         assert stored is not None
-        return self.show(access, region, spec, stored)
+        return self.show(conn, access, region, spec, stored)
 
     def _replay(
-        self, conn: Any, access: Access, database: Database, spec: EntitySpec, record_id: str
+        self, conn: Connection, access: Access, database: Database, spec: EntitySpec, record_id: str
     ) -> Record:
         stored = self.fetch(conn, database, spec, record_id)
         if stored is None:
             raise Conflict(
                 f"the {spec.singular} created with this Idempotency-Key has been deleted"
             )
-        return self.show(access, database.name, spec, stored)
+        return self.show(conn, access, database.name, spec, stored)
 
     def update(
         self,
-        principal: Principal,
+        caller: Caller,
         entity: str,
         record_id: str,
         body: Mapping[str, Any],
@@ -263,69 +391,95 @@ class RecordService(Pipeline):
         if_match: str | None,
     ) -> Record:
         spec = entity_spec(entity)
-        rid = self.route(principal, spec, record_id)
-        access = self.access(principal)
-        scope = access.require(rid.region, spec, "update")
-        expected = parse_if_match(if_match)
-        named = _writable_names(spec, body)
-        access.require_writable(rid.region, spec, named)
-        changes = validate_patch(spec, body)
-        _check_lead_status(spec, changes)
+        rid = self.route(caller.principal, spec, record_id)
+        access = self.access(caller.principal)
         database = self.database(rid.region)
-        with self.write(database, _GONE) as conn:
-            stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
-            if stored is None:
-                raise not_found(spec)
-            if expected != stored["version"]:
-                raise stale(spec)
-            if "custom" in changes:
-                changes["custom"] = _merge_custom(stored["custom"], changes["custom"])
-            proposed = {**stored, **changes}
-            access.require_writable(rid.region, spec, named, proposed=proposed)
-            check_required_links(spec, proposed)
-            self.check_refs(conn, access, spec, rid.region, changes)
-            changes["updated_at"] = self._clock.now()
-            if not repository.update_record(
-                conn, spec, record_id, expected_version=stored["version"], values=changes
-            ):
-                raise stale(spec)  # another writer committed between our read and write
-            updated = self.fetch(conn, database, spec, record_id)
-        assert updated is not None
-        return self.show(access, rid.region, spec, updated)
+        with self.denials(caller, access, rid.region, spec, "update", (record_id,)):
+            scope = access.require(rid.region, spec, "update")
+            expected = parse_if_match(if_match)
+            named = _writable_names(spec, body)
+            access.require_writable(rid.region, spec, named)
+            changes = validate_patch(spec, body)
+            _check_lead_status(spec, changes)
+            with self.write(database, _GONE) as conn:
+                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                if stored is None:
+                    raise not_found(spec)
+                if expected != stored["version"]:
+                    raise stale(spec)
+                if "custom" in changes:
+                    changes["custom"] = _merge_custom(stored["custom"], changes["custom"])
+                proposed = {**stored, **changes}
+                access.require_writable(rid.region, spec, named, proposed=proposed)
+                access.require_in_scope(scope, spec, proposed, "update")
+                check_required_links(spec, proposed)
+                self.check_refs(conn, access, spec, rid.region, changes)
+                columns = self.seal_changes(conn, spec, rid.region, stored, changes)
+                columns["updated_at"] = self.now()
+                if not repository.update_record(
+                    conn, spec, record_id, expected_version=stored["version"], values=columns
+                ):
+                    raise stale(spec)  # another writer committed between our read and write
+                self.recorder.append(
+                    conn,
+                    rid.region,
+                    self.recorder.event(
+                        caller,
+                        access.policy.version,
+                        action="record.update",
+                        entity=spec.name,
+                        record_ids=[record_id],
+                        fields=sorted(changes),
+                        details={"version": int(stored["version"]) + 1},
+                    ),
+                )
+                updated = self.fetch(conn, database, spec, record_id)
+                assert updated is not None
+                return self.show(conn, access, rid.region, spec, updated)
 
-    def delete(
-        self, principal: Principal, entity: str, record_id: str, *, if_match: str | None
-    ) -> None:
+    def delete(self, caller: Caller, entity: str, record_id: str, *, if_match: str | None) -> None:
         spec = entity_spec(entity)
-        rid = self.route(principal, spec, record_id)
-        access = self.access(principal)
-        scope = access.require(rid.region, spec, "delete")
-        expected = parse_if_match(if_match) if if_match is not None else None
+        rid = self.route(caller.principal, spec, record_id)
+        access = self.access(caller.principal)
         database = self.database(rid.region)
         referenced = (
             f"the {spec.singular} is still referenced by other records; delete or relink them first"
         )
-        with self.write(database, referenced) as conn:
-            stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
-            if stored is None:
-                raise not_found(spec)
-            if if_match is not None and expected != stored["version"]:
-                raise stale(spec)
-            if not repository.delete_record(
-                conn, spec, record_id, expected_version=stored["version"]
-            ):
-                raise stale(spec)
+        with self.denials(caller, access, rid.region, spec, "delete", (record_id,)):
+            scope = access.require(rid.region, spec, "delete")
+            expected = parse_if_match(if_match) if if_match is not None else None
+            with self.write(database, referenced) as conn:
+                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                if stored is None:
+                    raise not_found(spec)
+                if if_match is not None and expected != stored["version"]:
+                    raise stale(spec)
+                if not repository.delete_record(
+                    conn, spec, record_id, expected_version=stored["version"]
+                ):
+                    raise stale(spec)
+                self.recorder.append(
+                    conn,
+                    rid.region,
+                    self.recorder.event(
+                        caller,
+                        access.policy.version,
+                        action="record.delete",
+                        entity=spec.name,
+                        record_ids=[record_id],
+                    ),
+                )
 
     def convert_lead(
         self,
-        principal: Principal,
+        caller: Caller,
         lead_id: str,
         body: Mapping[str, Any],
         *,
         if_match: str | None = None,
     ) -> conversion.Conversion:
         """Lead -> contact + account (new or existing) + optional opportunity, at once."""
-        return conversion.convert_lead(self, principal, lead_id, body, if_match=if_match)
+        return conversion.convert_lead(self, caller, lead_id, body, if_match=if_match)
 
     def _create_region(self, principal: Principal, requested: object) -> str:
         if requested is None:
@@ -339,9 +493,6 @@ class RecordService(Pipeline):
         if requested not in principal.regions:
             raise Forbidden(f"you may not create records in region {requested}")
         return requested
-
-
-_GONE = "the record references a record that no longer exists"
 
 
 def _writable_names(spec: EntitySpec, body: Mapping[str, Any]) -> list[str]:

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -38,6 +39,9 @@ _INDEXED = frozenset({"owner_id", "team_id", "status", "stage", "type"})
 
 
 def _column_type(spec: FieldSpec) -> TypeEngine[Any]:
+    if spec.encrypted:
+        # The versioned AES-256-GCM envelope (crypto.envelope), never plaintext.
+        return LargeBinary()
     match spec.type:
         case "text":
             return Text()
@@ -67,7 +71,12 @@ def _entity_table(spec: EntitySpec) -> Table:
         Column("created_at", UTCDateTime(), nullable=False),
         Column("updated_at", UTCDateTime(), nullable=False),
     ]
+    indexes: list[Column[Any]] = []
     for field in spec.fields:
+        if field.index_column is not None:
+            # Truncated HMAC of the normalised value (crypto.blindindex): exact-match
+            # search and dedup without decrypting the table.
+            indexes.append(Column(field.index_column, LargeBinary(4), nullable=True, index=True))
         args: list[ForeignKey] = []
         if field.type == "ref" and field.ref is not None:
             args.append(ForeignKey(f"{field.ref}.id", ondelete="RESTRICT"))
@@ -84,6 +93,7 @@ def _entity_table(spec: EntitySpec) -> Table:
         spec.table_name,
         region_metadata,
         *columns,
+        *indexes,
         PrimaryKeyConstraint("id"),
         Index(f"ix_{spec.table_name}_updated_at_id", "updated_at", "id"),
     )

@@ -23,6 +23,17 @@ to tell that apart from a sick device, a failed unwrap probes the token (a
 random-number call): if the token answers, the wrapped key was bad
 (`DecryptionFailed`), otherwise the service is unavailable.
 
+Logging in. A session is opened plain and then logged in (`bastion.crypto.cryptoki`
+says why not with python-pkcs11's `Token.open(user_pin=...)`); every failure
+closes the session it opened. A login the token refuses (wrong, expired or locked
+PIN) is remembered: that region's token is not logged into again by this
+provider -- a real HSM locks the PIN after a few failures -- and every call is
+`KeyConfigurationError` (500: retrying cannot help) until the provider is rebuilt
+with the right PIN (a restart). PKCS#11 login state belongs to the process and
+token: a provider whose session joins a login the process holds already (another
+provider's) shares it, and closing a provider closes its sessions without logging
+out, so the others keep theirs.
+
 Creating the same KEK version from two processes at once could store two keys
 under one ID; the keyring only creates versions under a database lock (first
 use of a region, or the start of a KEK rotation), which serialises them.
@@ -44,6 +55,7 @@ from pkcs11.mechanisms import GCMParams
 from pkcs11.types import DecryptMixin, EncryptMixin
 from pydantic import SecretStr
 
+from bastion.crypto import cryptoki
 from bastion.crypto.errors import (
     DecryptionFailed,
     KeyConfigurationError,
@@ -72,6 +84,15 @@ _STALE = (
     p11.ObjectHandleInvalid,
     p11.KeyHandleInvalid,
 )
+# The token refused the PIN: trying again cannot help, and may lock it.
+_LOGIN_REFUSED = (
+    p11.PinIncorrect,
+    p11.PinInvalid,
+    p11.PinLenRange,
+    p11.PinExpired,
+    p11.PinLocked,
+    p11.UserPinNotInitialized,
+)
 # What a failed GCM tag check looks like, depending on the token.
 _BAD_CIPHERTEXT = (
     p11.EncryptedDataInvalid,
@@ -79,6 +100,13 @@ _BAD_CIPHERTEXT = (
     p11.GeneralError,
     p11.FunctionFailed,
 )
+
+
+def _checked_bytes(value: object) -> bytes:
+    """The token's output, which python-pkcs11 types loosely; anything else is a token fault."""
+    if not isinstance(value, bytes):
+        raise p11.PKCS11Error(f"the token returned {type(value).__name__}, not bytes")
+    return value
 
 
 def kek_object_id(region: str, version: int) -> bytes:
@@ -94,21 +122,30 @@ def _version_of(object_id: bytes, region: str) -> int | None:
     return int(tail) if tail.isdigit() and not tail.startswith(b"0") else None
 
 
+def _close(session: pkcs11.Session) -> None:
+    with contextlib.suppress(p11.PKCS11Error):  # already gone: best effort
+        session.close()
+
+
 class _RegionToken:
-    """One region's session and cached KEK handles, used under `lock`."""
+    """One region's session and cached KEK handles, used under `lock`.
+
+    `refused` is the detail of the login the token refused, if it did: from then
+    on the provider does not log in to it again.
+    """
 
     def __init__(self, region: str) -> None:
         self.region = region
         self.lock = threading.Lock()
         self.session: pkcs11.Session | None = None
         self.keys: dict[int, pkcs11.SecretKey] = {}
+        self.refused: str | None = None
 
     def reset(self) -> None:
         session, self.session = self.session, None
         self.keys.clear()
         if session is not None:
-            with contextlib.suppress(p11.PKCS11Error):  # already gone: best effort
-                session.close()
+            _close(session)
 
 
 class Pkcs11KeyProvider:
@@ -190,14 +227,14 @@ class Pkcs11KeyProvider:
 
         def encrypt(session: pkcs11.Session) -> bytes:
             kek = self._kek(session, region, version)
-            assert isinstance(kek, EncryptMixin)
+            if not isinstance(kek, EncryptMixin):
+                raise self._unusable(region, version, "encrypt")
             sealed = kek.encrypt(
                 key,
                 mechanism=Mechanism.AES_GCM,
                 mechanism_param=GCMParams(nonce, aad, WRAP_TAG_BYTES * 8),
             )
-            assert isinstance(sealed, bytes)
-            return sealed
+            return _checked_bytes(sealed)
 
         return nonce + self._run(region, encrypt)
 
@@ -207,7 +244,8 @@ class Pkcs11KeyProvider:
 
         def decrypt(session: pkcs11.Session) -> bytes:
             kek = self._kek(session, region, version)
-            assert isinstance(kek, DecryptMixin)
+            if not isinstance(kek, DecryptMixin):
+                raise self._unusable(region, version, "decrypt")
             try:
                 plain = kek.decrypt(
                     sealed,
@@ -220,8 +258,7 @@ class Pkcs11KeyProvider:
                     f"a wrapped key of region {region!r} failed its integrity check "
                     f"under KEK version {version}"
                 ) from None
-            assert isinstance(plain, bytes)
-            return plain
+            return _checked_bytes(plain)
 
         return self._run(region, decrypt)
 
@@ -253,9 +290,17 @@ class Pkcs11KeyProvider:
                     f"the HSM token of region {region!r} holds several keys for KEK "
                     f"version {version}"
                 ) from None
-            assert isinstance(found, pkcs11.SecretKey)
+            if not isinstance(found, pkcs11.SecretKey):
+                raise self._unusable(region, version, "be used as a secret key")
             kek = token.keys[version] = found
         return kek
+
+    def _unusable(self, region: str, version: int, what: str) -> KeyConfigurationError:
+        # A key made by hand on the HSM, with the KEK's ID but not its capabilities.
+        return KeyConfigurationError(
+            f"KEK version {version} of region {region!r} in the HSM token cannot {what}: "
+            "was it created by hand? Bastion creates KEKs with CKA_ENCRYPT and CKA_DECRYPT"
+        )
 
     def _region_token(self, region: str) -> _RegionToken:
         check_region(region)
@@ -265,23 +310,37 @@ class Pkcs11KeyProvider:
                 token = self._tokens[region] = _RegionToken(region)
             return token
 
-    def _open(self, region: str) -> pkcs11.Session:
-        label = self.token_label(region)
+    def _open(self, token: _RegionToken) -> pkcs11.Session:
+        """A new session on the region's token, logged in; called under `token.lock`."""
+        if token.refused is not None:
+            raise KeyConfigurationError(token.refused)
+        label = self.token_label(token.region)
         try:
             lib = pkcs11.lib(self._module)
-            token = lib.get_token(token_label=label)
+            found = lib.get_token(token_label=label)
         except p11.NoSuchToken:
-            raise self._unavailable(region, f"no HSM token labelled {label!r}") from None
+            raise self._unavailable(token.region, f"no HSM token labelled {label!r}") from None
         except p11.MultipleTokensReturned:
             raise KeyConfigurationError(f"several HSM tokens are labelled {label!r}") from None
+        session = found.open(rw=True)
         try:
-            return token.open(rw=True, user_pin=self._pin.get_secret_value())
+            cryptoki.login(self._module, session, self._pin.get_secret_value())
         except p11.UserAlreadyLoggedIn:
-            # Login state is per application and token: another session of this
-            # process (another keyring) has logged in already.
-            return token.open(rw=True)
-        except (p11.PinIncorrect, p11.PinLocked, p11.PinExpired, p11.PinInvalid):
-            raise self._unavailable(region, f"login to HSM token {label!r} failed") from None
+            pass  # The process is logged in (another provider's session): ours shares it.
+        except _LOGIN_REFUSED as exc:
+            _close(session)
+            cause = type(exc).__name__
+            token.refused = (
+                f"the HSM token {label!r} refused the PIN ({cause}); not logging in again, "
+                "as a real HSM locks the PIN after a few failures: fix keys.pkcs11_pin and "
+                "restart"
+            )
+            log.error("hsm_login_refused", region=token.region, cause=cause)
+            raise KeyConfigurationError(token.refused) from None
+        except BaseException:
+            _close(session)
+            raise
+        return session
 
     def _run(self, region: str, operation: Callable[[pkcs11.Session], T]) -> T:
         """`operation` on the region's session, under its lock; PKCS#11 errors -> 503."""
@@ -290,7 +349,7 @@ class Pkcs11KeyProvider:
             for attempt in (1, 2):
                 try:
                     if token.session is None:
-                        token.session = self._open(region)
+                        token.session = self._open(token)
                     return operation(token.session)
                 except _STALE as exc:
                     token.reset()

@@ -26,6 +26,7 @@ import os
 import re
 import stat
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,7 @@ log = structlog.get_logger("bastion.crypto")
 KEK_BYTES = 32
 WRAP_NONCE_BYTES = 12
 WRAP_TAG_BYTES = 16
+MODES = ("development", "production")  # bastion.config.Mode
 
 
 class KeyProvider(Protocol):
@@ -104,21 +106,29 @@ class LocalKeyProvider:
 
     For development and tests only: a file on the application host is not a root
     of trust, and deleting a file is not a guaranteed erasure on journalling file
-    systems and SSDs (destroy overwrites it first, best effort). Refused in
-    production mode.
+    systems and SSDs (destroy overwrites it first, best effort). `mode` (the
+    settings' mode) is required, so nothing gets file KEKs by default; production
+    mode is refused.
+
+    Loaded KEKs are kept in memory, but every wrap and unwrap first checks (one
+    `stat`) that the file is still the one loaded: a version another process
+    destroyed (`bastion keys retire-kek`) is `KeyDestroyed` here at once, and a
+    version number re-used for a new file loads the new key.
     """
 
     name = "local"
     _FILE_RE = re.compile(r"kek-v(\d{6})\.key")
 
-    def __init__(self, home: Path, *, mode: str = "development") -> None:
+    def __init__(self, home: Path, *, mode: str) -> None:
         if mode == "production":
             raise KeyConfigurationError(
                 "the local key provider keeps KEKs in plain files and is refused in "
                 'production mode; configure keys.provider = "pkcs11" (an HSM)'
             )
+        if mode not in MODES:
+            raise KeyConfigurationError(f"unknown mode {mode!r}; expected one of {MODES}")
         self._root = Path(home) / "keys"
-        self._aeads: dict[tuple[str, int], AESGCM] = {}
+        self._aeads: dict[tuple[str, int], _LoadedKek] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -216,10 +226,22 @@ class LocalKeyProvider:
             self._aeads.clear()
 
     def _aead(self, region: str, version: int) -> AESGCM:
-        aead = self._aeads.get((region, version))
-        if aead is not None:
-            return aead
         path = self._path(region, version)
+        loaded = self._aeads.get((region, version))
+        if loaded is not None:
+            # Another process may have destroyed (or replaced) the file since it was
+            # loaded: a retired KEK must stop working everywhere, not at the next restart.
+            try:
+                current = _FileIdentity.of(os.stat(path, follow_symlinks=False))
+            except FileNotFoundError:
+                current = None
+            except OSError as exc:
+                raise self._unavailable(region, exc) from None
+            if current == loaded.identity:
+                return loaded.aead
+            with self._lock:
+                if self._aeads.get((region, version)) is loaded:
+                    del self._aeads[(region, version)]
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -237,9 +259,13 @@ class LocalKeyProvider:
             material = handle.read(KEK_BYTES + 1)
         if len(material) != KEK_BYTES:
             raise KeyConfigurationError(f"the KEK file {path} is not a {KEK_BYTES}-byte key")
+        if not any(material):
+            # `destroy_version` zeroes the file before unlinking it: caught in between.
+            raise KeyDestroyed(f"KEK version {version} of region {region!r} is being destroyed")
         aead = AESGCM(material)
         with self._lock:
-            return self._aeads.setdefault((region, version), aead)
+            self._aeads[(region, version)] = _LoadedKek(aead, _FileIdentity.of(info))
+        return aead
 
     def _make_dirs(self, directory: Path) -> None:
         for path in (self._root, directory):
@@ -258,6 +284,28 @@ class LocalKeyProvider:
         # errno name only: an OS message may quote paths, never keys, but stay terse.
         log.warning("key_files_unavailable", region=region, cause=type(exc).__name__)
         return KeyServiceUnavailable(region)
+
+
+@dataclass(frozen=True, slots=True)
+class _FileIdentity:
+    """Which file a path named when a KEK was loaded: a file written, replaced or
+    re-created since differs in inode or in its modification or change time."""
+
+    device: int
+    inode: int
+    size: int
+    modified_ns: int
+    changed_ns: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> _FileIdentity:
+        return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedKek:
+    aead: AESGCM = field(repr=False)
+    identity: _FileIdentity
 
 
 def build_provider(settings: KeySettings, *, mode: str, home: Path) -> KeyProvider:

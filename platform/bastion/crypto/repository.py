@@ -111,6 +111,16 @@ def current_subject_key(conn: Connection, subject_id: str) -> StoredSubjectKey |
     return None if row is None else _subject_key(row)
 
 
+def superseded_at(conn: Connection, subject_id: str, version: int) -> datetime | None:
+    """When the subject's key `version` stopped being current: the creation time of
+    the oldest newer version still stored; None if no newer version exists."""
+    query = select(func.min(subject_keys.c.created_at)).where(
+        subject_keys.c.subject_id == subject_id, subject_keys.c.version > version
+    )
+    value: datetime | None = conn.execute(query).scalar_one()
+    return value
+
+
 def subject_key_ids(conn: Connection, subject_id: str) -> list[str]:
     query = select(subject_keys.c.id).where(subject_keys.c.subject_id == subject_id)
     return list(conn.execute(query).scalars())

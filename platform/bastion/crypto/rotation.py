@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 import structlog
 from sqlalchemy import Connection
@@ -89,14 +89,18 @@ class KekRotation:
 
     def run(self, region: str, *, progress: ProgressCallback | None = None) -> Rotation:
         """Resume the region's running rotation, or start a new one; run it to the end."""
-        rotation = self._start(region, resume_only=False)
-        assert rotation is not None
-        return self._drive(region, rotation, progress)
+        return self._drive(region, self._start(region, resume_only=False), progress)
 
     def resume(self, region: str, *, progress: ProgressCallback | None = None) -> Rotation | None:
         """Finish the region's running rotation; None (and nothing done) if there is none."""
         rotation = self._start(region, resume_only=True)
         return None if rotation is None else self._drive(region, rotation, progress)
+
+    @overload
+    def _start(self, region: str, *, resume_only: Literal[False]) -> Rotation: ...
+
+    @overload
+    def _start(self, region: str, *, resume_only: bool) -> Rotation | None: ...
 
     def _start(self, region: str, *, resume_only: bool) -> Rotation | None:
         database = self._keyring.regions.get(region)

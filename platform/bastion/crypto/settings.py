@@ -17,7 +17,9 @@ class KeySettings(BaseModel):
 
     `cache_size` unwrapped DEKs are kept per process for at most `cache_ttl_seconds`
     (0 disables the cache). The TTL also bounds how long *another* process may keep
-    decrypting with a DEK after a shred. `blind_index_bits` is the length of blind
+    decrypting with a DEK after a shred, and sealing under a DEK version after
+    `rotate_dek` (so `retire_dek` waits it out): every process must use the same
+    value. `blind_index_bits` is the length of blind
     indexes (see `bastion.crypto.blindindex` for how to choose it); changing it
     after data was written means recomputing every index.
     """

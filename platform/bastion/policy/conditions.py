@@ -141,6 +141,10 @@ def _parse(text: str, entity: str) -> Condition:
         field_spec = spec.field(name)
         if field_spec is None or name in SYSTEM_FIELDS:
             raise ConditionError(f"{entity} has no field {name!r} to test")
+        if field_spec.encrypted:
+            # Deciding would mean decrypting a field the caller may not be allowed to
+            # read, on every read; conditions test plain fields only.
+            raise ConditionError(f"{entity}.{name} is encrypted; conditions test plain fields")
         if field_spec.type not in _COMPARABLE_TYPES:
             raise ConditionError(f"{entity}.{name} ({field_spec.type}) cannot be tested")
         if op in ("<", "<=", ">", ">=") and field_spec.type not in _ORDERED_TYPES:

@@ -28,6 +28,7 @@ from datetime import datetime
 import structlog
 from sqlalchemy import Connection, insert, select, update
 
+from bastion.audit import AuditEvent, append
 from bastion.clock import Clock
 from bastion.errors import RegionUnavailable
 from bastion.policy.engine import Policy, PolicySource
@@ -139,6 +140,18 @@ class PolicyStore:
                     reason=change.reason,
                     diff=change.diff,
                 )
+            )
+            # The control database's audit log, in the same transaction.
+            append(
+                conn,
+                AuditEvent.new(
+                    self._clock,
+                    actor=actor,
+                    action="policy.activate",
+                    entity="policy",
+                    policy_version=source.version,
+                    details={"old_version": old, "new_version": source.version},
+                ),
             )
         return change
 

@@ -21,6 +21,7 @@ from typing import cast
 
 from sqlalchemy import Connection, insert, select, update
 
+from bastion.audit import AuditEvent, append
 from bastion.clock import Clock
 from bastion.errors import Conflict, NotFound, Unauthenticated, ValidationFailed
 from bastion.principals.tables import api_tokens, principals
@@ -99,12 +100,14 @@ class TokenService:
         teams: Sequence[str] = (),
         description: str = "",
         expires_in: timedelta | None = None,
+        actor: str = "cli",
     ) -> IssuedToken:
         """Create a token for the principal named `principal_name`.
 
         A new principal is created with `roles` (at least one), `regions` (default:
         every configured region) and `teams`. For an existing principal, roles,
-        regions and teams given here replace the stored ones.
+        regions and teams given here replace the stored ones. The issue is recorded
+        in the control database's audit log, in the same transaction, as `actor`.
         """
         self._check_principal(principal_name, roles, regions, teams, description)
         now = self._clock.now()
@@ -123,6 +126,22 @@ class TokenService:
                     expires_at=expires_at,
                     revoked_at=None,
                 )
+            )
+            append(
+                conn,
+                AuditEvent.new(
+                    self._clock,
+                    actor=actor,
+                    action="token.create",
+                    entity="tokens",
+                    record_ids=[principal.id],
+                    details={
+                        "token": token_id,
+                        "roles": ",".join(sorted(principal.roles)),
+                        "regions": ",".join(principal.regions),
+                        "expires": expires_at is not None,
+                    },
+                ),
             )
         return IssuedToken(
             token_id=token_id,
@@ -184,11 +203,14 @@ class TokenService:
             for r in rows
         ]
 
-    def revoke(self, token_id: str) -> None:
-        """Revoke a token by id. Raises `NotFound`, or `Conflict` if already revoked."""
+    def revoke(self, token_id: str, *, actor: str = "cli") -> None:
+        """Revoke a token by id (audited as `actor`). Raises `NotFound`, or `Conflict`
+        if it is already revoked."""
         with self._control.transaction(write=True) as conn:
             current = conn.execute(
-                select(api_tokens.c.revoked_at).where(api_tokens.c.id == token_id)
+                select(api_tokens.c.revoked_at, api_tokens.c.principal_id).where(
+                    api_tokens.c.id == token_id
+                )
             ).one_or_none()
             if current is None:
                 raise NotFound("no token with that id")
@@ -198,6 +220,17 @@ class TokenService:
                 update(api_tokens)
                 .where(api_tokens.c.id == token_id)
                 .values(revoked_at=self._clock.now())
+            )
+            append(
+                conn,
+                AuditEvent.new(
+                    self._clock,
+                    actor=actor,
+                    action="token.revoke",
+                    entity="tokens",
+                    record_ids=[current.principal_id],
+                    details={"token": token_id},
+                ),
             )
 
     def _check_principal(

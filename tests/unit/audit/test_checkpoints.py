@@ -13,9 +13,12 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from bastion.audit import key_ring
+from bastion.audit.chain import lock_chain
 from bastion.audit.keys import AuditKeyError
 from bastion.audit.notes import NoteError, parse_checkpoint, parse_note, verify_note
 from bastion.audit.queries import EventFilter
+from bastion.audit.retention import PrunePlan, prune
+from bastion.audit.sequencer import Sequencer
 from bastion.audit.settings import AuditSettings
 from bastion.audit.tables import AUDIT
 from bastion.errors import Conflict
@@ -186,3 +189,143 @@ def test_export_lines_carry_hashes_and_only_names_and_ids(state: State) -> None:
     assert first["seq"] == 1
     assert first["hash"]
     assert first["record_ids"] == [CONTACT]
+
+
+# -- rows the application role may insert into audit_checkpoints are claims, not facts --
+
+
+def _insert_as_application(database: Database, statement: str) -> None:
+    with database.transaction(write=True) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL ROLE bastion_app"))
+        conn.execute(text(statement))
+
+
+_BACKDATED = (
+    "INSERT INTO audit_checkpoints (tree_size, origin, head_hash, created_at, key_id, signature) "
+    "SELECT seq, 'bastion.local/audit/eu', hash, '2000-01-01 00:00:00.000000', '00000000', "
+    "{zeros} FROM audit_chain WHERE seq = 15"
+)
+
+
+def _zeros(database: Database) -> str:
+    return (
+        "'\\x" + "00" * 64 + "'::bytea"
+        if database.engine.dialect.name == "postgresql"
+        else "zeroblob(64)"
+    )
+
+
+def test_pruning_refuses_an_unsigned_back_dated_checkpoint_inserted_after_verify(
+    state: State, eu: Database, clock: FrozenClock
+) -> None:
+    append_many(state, "eu", 10)
+    state.audit.checkpoint("eu")
+    append_many(state, "eu", 5)
+    state.audit.flush("eu")
+    cutoff = clock.now() - timedelta(days=state.settings.audit.retention_days)
+    verifiers = state.audit.keys.verifiers("eu")
+    assert state.audit.verify("eu").ok  # the operator's verify, before the row appears
+    _insert_as_application(eu, _BACKDATED.format(zeros=_zeros(eu)))
+    plan = PrunePlan("eu", cutoff, 15, 15, 0)  # what the earlier, unlocked plan said
+
+    def prune_in_a_locked_transaction() -> None:
+        with eu.transaction(write=True) as conn:
+            lock_chain(conn, "eu", wait=True)
+            prune(conn, plan, state.audit.keys.signing_key("eu"), verifiers, clock, actor="cli")
+
+    with pytest.raises(Conflict, match="tree size 15"):
+        prune_in_a_locked_transaction()
+    with pytest.raises(Conflict):
+        state.audit.prune("eu", actor="cli")
+    assert state.audit.head_seq("eu") == 15
+    with eu.transaction() as conn:
+        assert conn.execute(text("SELECT count(*) FROM audit_chain")).scalar_one() == 15
+
+
+def test_a_malformed_checkpoint_row_is_reported_not_raised(state: State, eu: Database) -> None:
+    append_many(state, "eu", 3)
+    state.audit.checkpoint("eu")
+    _insert_as_application(
+        eu,
+        "INSERT INTO audit_checkpoints SELECT 4, 'x', head_hash, created_at, 'zzzzzzzz', "
+        "signature FROM audit_checkpoints",
+    )
+    append_many(state, "eu", 2)
+    state.audit.checkpoint("eu")
+    report = state.audit.verify("eu")
+    assert report.problem is not None
+    assert (report.problem.kind, report.problem.seq) == ("bad_signature", 4)
+    # Listed (and paged) past it: the well-formed ones.
+    assert [c.tree_size for c in state.audit.checkpoints("eu", limit=2)] == [5, 3]
+
+
+def test_the_sequencer_survives_a_bad_row_and_keeps_checkpointing(
+    state: State, eu: Database, clock: FrozenClock
+) -> None:
+    append_many(state, "eu", 2)
+    state.audit.checkpoint("eu")
+    # A well-formed row claiming a tree size far beyond the head, and a malformed one.
+    _insert_as_application(
+        eu,
+        "INSERT INTO audit_checkpoints SELECT 3000000, origin, head_hash, created_at, "
+        "'zzzzzzzz', signature FROM audit_checkpoints",
+    )
+    _insert_as_application(
+        eu,
+        "INSERT INTO audit_checkpoints SELECT 2000000, origin, head_hash, created_at, key_id, "
+        "signature FROM audit_checkpoints WHERE tree_size = 2",
+    )
+    clock.advance(timedelta(seconds=state.settings.audit.checkpoint_interval_seconds + 1))
+    state.audit.start()
+    try:
+        append_many(state, "eu", 3)
+        state.audit.notify("eu")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 5 not in [
+            c.tree_size for c in state.audit.checkpoints("eu")
+        ]:
+            time.sleep(0.05)
+        assert state.audit.head_seq("eu") == 5
+        assert 5 in [c.tree_size for c in state.audit.checkpoints("eu")]
+        health = state.audit.health()
+        assert health.sequencer == "running"
+        assert health.ok, health.to_json()
+    finally:
+        state.audit.stop()
+
+
+def test_health_reports_an_old_backlog_and_a_dead_sequencer(
+    state: State, clock: FrozenClock
+) -> None:
+    for chain in state.audit.chains:
+        state.audit.flush(chain)
+    append_many(state, "us", 2)
+    fresh = state.audit.health()
+    us = next(c for c in fresh.chains if c.chain == "us")
+    assert (us.pending, us.head_seq, us.ok) == (2, 0, True)
+    clock.advance(timedelta(seconds=state.settings.audit.max_backlog_age_seconds + 1))
+    stale = state.audit.health()
+    assert not stale.ok
+    assert stale.to_json()["chains"][[c.chain for c in stale.chains].index("us")]["ok"] is False
+    state.audit.flush("us")
+    assert state.audit.health().ok
+
+    class Broken:
+        chains = ("us",)
+
+        def tick(self, chain: str) -> int:
+            raise RuntimeError(chain)
+
+    sequencer = Sequencer(Broken(), 0.05)
+    sequencer.run_once()  # an unexpected error is counted, not raised
+    assert sequencer.status("us").failures == 1
+    assert sequencer.status("us").last_error == "RuntimeError"
+
+
+def test_a_signing_key_others_may_read_is_refused(tmp_path: Path) -> None:
+    settings = AuditSettings(signing_key_dir=str(tmp_path / "keys"))
+    key_ring(settings, home=tmp_path, production=False).generate("eu")
+    (tmp_path / "keys" / "eu.ed25519").chmod(0o644)
+    with pytest.raises(AuditKeyError, match="chmod 600"):
+        key_ring(settings, home=tmp_path, production=True).signing_key("eu")

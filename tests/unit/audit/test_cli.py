@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import text
 
 from bastion.audit import AuditLog, key_ring
 from bastion.audit.keys import AuditKeyError
@@ -17,7 +18,7 @@ from bastion.cli import main
 from bastion.crm.cursors import CursorCodec
 from bastion.state import State, build_state
 from tests.conftest import Backend, FrozenClock
-from tests.unit.audit.conftest import CONTACT, append_many, cli_env
+from tests.unit.audit.conftest import CONTACT, append_many, cli_env, superuser
 
 
 def _run(env: dict[str, str], *args: str) -> str:
@@ -118,3 +119,46 @@ def test_checkpoints_signed_before_a_key_rotation_still_verify(
         assert report.checkpoints == 2
     finally:
         rotated.close()
+
+
+def test_verify_from_past_the_head_is_a_usage_error(
+    state: State, backend: Backend, tmp_path: Path
+) -> None:
+    env = cli_env(backend, tmp_path)
+    append_many(state, "eu", 3)
+    state.audit.flush("eu")
+    assert "eu: OK (0 entries" in _run(env, "verify", "--region", "eu", "--from", "4")
+    past = CliRunner().invoke(main, ["audit", "verify", "--region", "eu", "--from", "9"], env=env)
+    assert past.exit_code == 2, past.output
+    assert "--from must be at most 4" in past.output
+    assert "FAILED" not in past.output
+
+
+def test_verify_against_a_witness_note_file(state: State, backend: Backend, tmp_path: Path) -> None:
+    env = cli_env(backend, tmp_path)
+    append_many(state, "eu", 4)
+    witness = tmp_path / "witness.note"
+    witness.write_text(_run(env, "checkpoint", "--region", "eu"))  # as printed, blank line too
+    ok = _run(env, "verify", "--region", "eu", "--against", str(witness))
+    assert "eu: OK" in ok
+    assert "agrees with the witness at 4" in ok
+    with superuser(state.audit.database("eu")) as conn:
+        conn.execute(text("DELETE FROM audit_checkpoints"))
+        tail = "(SELECT event_id FROM audit_chain WHERE seq > 2)"
+        conn.execute(text(f"DELETE FROM audit_record_refs WHERE event_id IN {tail}"))  # noqa: S608
+        conn.execute(text(f"DELETE FROM audit_events WHERE id IN {tail}"))  # noqa: S608
+        conn.execute(text("DELETE FROM audit_chain WHERE seq > 2"))
+    env_ok = _run(env, "verify", "--region", "eu")  # nothing in the database contradicts it
+    assert "eu: OK" in env_ok
+    bad = CliRunner().invoke(
+        main, ["audit", "verify", "--region", "eu", "--against", str(witness)], env=env
+    )
+    assert bad.exit_code == 1
+    assert "FAILED at sequence number 3: truncated" in bad.stdout
+    unnamed = CliRunner().invoke(main, ["audit", "verify", "--against", str(witness)], env=env)
+    assert unnamed.exit_code == 2
+    other = CliRunner().invoke(
+        main, ["audit", "verify", "--region", "us", "--against", str(witness)], env=env
+    )
+    assert other.exit_code == 2
+    assert "--against" in other.output

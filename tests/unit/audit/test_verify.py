@@ -6,17 +6,22 @@ entries — then bypasses the triggers (see `superuser`) and changes something.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Connection, select, text
 
+from bastion.audit import append
 from bastion.audit.encoding import entry_hash, format_time, header_bytes, sha256
+from bastion.audit.events import new_event_id
 from bastion.audit.tables import AUDIT
 from bastion.audit.verify import VerifyReport
 from bastion.cli import main
+from bastion.errors import ValidationFailed
 from bastion.residency.databases import Database
 from bastion.state import State
 from tests.conftest import Backend
@@ -279,3 +284,172 @@ def test_cli_verify_says_ok_then_names_the_first_bad_sequence_number(
     assert "first bad sequence number: 6" in bad.stderr
     later = CliRunner().invoke(main, ["audit", "verify", "--region", "eu", "--from", "7"], env=env)
     assert later.exit_code == 0, later.output
+
+
+# -- the record index ("who accessed record X") is evidence too --
+
+FAKE_RECORD = "con_eu_01jd0000000000000000000009"
+
+
+def test_a_fabricated_index_row_is_found(chain: State, eu: Database) -> None:
+    with superuser(eu) as conn:
+        event_id = _event_id(conn, 4)
+        conn.execute(
+            text(
+                "INSERT INTO audit_record_refs SELECT :r, occurred_at, id FROM audit_events "
+                "WHERE id = :id"
+            ),
+            {"r": FAKE_RECORD, "id": event_id},
+        )
+    assert _problem(chain.audit.verify("eu")) == ("index_mismatch", 4)
+
+
+def test_a_deleted_index_row_is_found(chain: State, eu: Database) -> None:
+    with superuser(eu) as conn:
+        conn.execute(
+            text("DELETE FROM audit_record_refs WHERE event_id = :id"), {"id": _event_id(conn, 6)}
+        )
+    assert _problem(chain.audit.verify("eu")) == ("index_mismatch", 6)
+
+
+def test_an_index_row_moved_in_time_is_found(chain: State, eu: Database) -> None:
+    with superuser(eu) as conn:
+        event_id = _event_id(conn, 2)
+        row = conn.execute(
+            select(AUDIT.record_refs).where(AUDIT.record_refs.c.event_id == event_id)
+        ).one()
+        conn.execute(AUDIT.record_refs.delete().where(AUDIT.record_refs.c.event_id == event_id))
+        conn.execute(
+            AUDIT.record_refs.insert().values(
+                record_id=row.record_id, occurred_at=row.occurred_at - timedelta(days=30),
+                event_id=event_id,
+            )
+        )  # fmt: skip
+    assert _problem(chain.audit.verify("eu")) == ("index_mismatch", 2)
+
+
+def test_an_index_row_for_no_event_is_found(chain: State, eu: Database) -> None:
+    with superuser(eu) as conn:
+        conn.execute(
+            AUDIT.record_refs.insert().values(
+                record_id=FAKE_RECORD, occurred_at=chain.clock.now(),
+                event_id="evt_00000000000000000000000000",
+            )
+        )  # fmt: skip
+    report = chain.audit.verify("eu")
+    assert _problem(report) == ("index_mismatch", None)
+    assert report.problem is not None
+    assert report.problem.event_id == "evt_00000000000000000000000000"
+
+
+# -- where to start --
+
+
+def test_verify_from_past_the_head_is_refused_not_reported_as_tampering(chain: State) -> None:
+    report = chain.audit.verify("eu", from_seq=16)  # one past the head: nothing to walk
+    assert report.ok
+    assert report.entries == 0
+    with pytest.raises(ValidationFailed) as refused:
+        chain.audit.verify("eu", from_seq=50)
+    assert [e.field for e in refused.value.errors] == ["from"]
+
+
+# -- times the application chose --
+
+
+def test_an_event_dated_before_the_checkpoint_it_follows_is_flagged(
+    chain: State, eu: Database
+) -> None:
+    assert chain.audit.verify("eu").time_anomalies == 0
+    backdated = make_event(chain.clock)
+    backdated = dataclasses.replace(
+        backdated,
+        occurred_at=backdated.occurred_at - timedelta(days=365),
+        id=new_event_id(backdated.occurred_at - timedelta(days=365)),
+    )
+    with eu.transaction(write=True) as conn:
+        append(conn, backdated)
+    chain.audit.flush("eu")
+    report = chain.audit.verify("eu")
+    assert report.ok, report.problem  # a warning: the log itself is intact
+    assert (report.time_anomalies, report.first_time_anomaly_seq) == (1, 16)
+    assert report.to_json()["first_time_anomaly_seq"] == 16
+
+
+# -- a witness copy of a checkpoint, kept outside the database --
+
+
+def _drop_checkpoints(conn: Connection) -> None:
+    conn.execute(text("DELETE FROM audit_checkpoints"))
+
+
+def test_a_witness_catches_a_rewrite_whose_checkpoints_were_deleted(
+    chain: State, eu: Database
+) -> None:
+    note = chain.audit.checkpoints("eu")[0].note
+    witness = chain.audit.witness("eu", note, field="against")
+    assert chain.audit.verify("eu", witness=witness).ok
+    with superuser(eu) as conn:
+        _drop_checkpoints(conn)
+        conn.execute(
+            text("UPDATE audit_events SET actor = 'system:intruder' WHERE id = :id"),
+            {"id": _event_id(conn, 3)},
+        )
+        _rehash(conn)
+    assert chain.audit.verify("eu").ok  # nothing left in the database to contradict it
+    assert _problem(chain.audit.verify("eu", witness=witness)) == ("checkpoint_mismatch", 10)
+
+
+def test_a_witness_catches_a_truncation_whose_checkpoints_were_deleted(
+    chain: State, eu: Database
+) -> None:
+    witness = chain.audit.witness("eu", chain.audit.checkpoint("eu").note, field="against")
+    assert witness.tree_size == 15
+    with superuser(eu) as conn:
+        _drop_checkpoints(conn)
+        conn.execute(
+            text(
+                "DELETE FROM audit_events WHERE id IN "
+                "(SELECT event_id FROM audit_chain WHERE seq > 12)"
+            )
+        )
+        conn.execute(
+            text(
+                "DELETE FROM audit_record_refs WHERE event_id NOT IN (SELECT id FROM audit_events)"
+            )
+        )
+        conn.execute(text("DELETE FROM audit_chain WHERE seq > 12"))
+    assert chain.audit.verify("eu").ok
+    assert _problem(chain.audit.verify("eu", witness=witness)) == ("truncated", 13)
+
+
+def test_a_witness_must_be_this_chains_signed_checkpoint(chain: State) -> None:
+    note = chain.audit.checkpoints("eu")[0].note
+    for bad in (note.replace("\n10\n", "\n11\n"), "not a note", note.replace("/eu", "/us")):
+        with pytest.raises(ValidationFailed) as refused:
+            chain.audit.witness("eu", bad, field="against")
+        assert [e.field for e in refused.value.errors] == ["against"]
+    with pytest.raises(ValidationFailed):
+        chain.audit.witness("us", note, field="against")
+
+
+def _rehash(conn: Connection) -> None:
+    """Recompute every stored hash, as a DBA covering a change would."""
+    rows = conn.execute(
+        select(AUDIT.chain, AUDIT.events)
+        .join(AUDIT.events, AUDIT.events.c.id == AUDIT.chain.c.event_id)
+        .order_by(AUDIT.chain.c.seq)
+    ).all()
+    prev = bytes(32)
+    for row in rows:
+        header = header_bytes(
+            "eu", row.seq, row.id, format_time(row.occurred_at), row.actor, row.action,
+            row.entity, row.decision, row.policy_version, row.request_id,
+        )  # fmt: skip
+        digest = entry_hash(prev, header, row.payload_hash)
+        conn.execute(
+            AUDIT.chain.update()
+            .where(AUDIT.chain.c.seq == row.seq)
+            .values(prev_hash=prev, hash=digest)
+        )
+        prev = digest

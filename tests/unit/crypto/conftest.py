@@ -9,6 +9,7 @@ under BASTION_REQUIRE_SOFTHSM=1 (CI), where they fail.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -20,9 +21,11 @@ from typing import Any
 
 import pkcs11
 import pytest
+from pkcs11 import TokenFlag
 from pkcs11 import exceptions as p11
 from pydantic import SecretStr
 
+from bastion.crypto.datakeys import IN_FLIGHT_MARGIN
 from bastion.crypto.keyring import Keyring
 from bastion.crypto.providers import KeyProvider, build_provider
 from bastion.crypto.settings import KeySettings
@@ -70,6 +73,49 @@ class SoftHsm:
             with session:
                 for obj in list(session.get_objects()):
                     obj.destroy()
+        self.log_out()
+
+    # Probes of the token's own state, through SoftHSM2's exported C functions
+    # (python-pkcs11 has no call for them). PKCS#11 login state belongs to the
+    # process and token, not to one session: one C_Logout ends it for every session.
+
+    def _cryptoki(self) -> ctypes.CDLL:
+        cryptoki = ctypes.CDLL(self.module)
+        cryptoki.C_Logout.argtypes = [ctypes.c_ulong]
+        cryptoki.C_Logout.restype = ctypes.c_ulong
+        cryptoki.C_GetSessionInfo.argtypes = [ctypes.c_ulong, ctypes.c_void_p]
+        cryptoki.C_GetSessionInfo.restype = ctypes.c_ulong
+        return cryptoki
+
+    def _token(self, region: str) -> pkcs11.Token:
+        return pkcs11.lib(self.module).get_token(token_label=f"bastion-{region}")
+
+    def log_out(self) -> None:
+        """End this process's login to the test tokens (if it is logged in)."""
+        cryptoki = self._cryptoki()
+        for region in REGIONS:
+            with self._token(region).open() as session:
+                cryptoki.C_Logout(session.handle)  # CKR_USER_NOT_LOGGED_IN is fine too
+
+    def log_in_and_out(self, region: str) -> None:
+        """One successful login (SoftHSM2 then clears the token's USER_PIN_COUNT_LOW)."""
+        with self._token(region).open(user_pin=USER_PIN):
+            pass
+
+    def failed_login_seen(self, region: str) -> bool:
+        """Whether a login failed since the last good one (SoftHSM2's USER_PIN_COUNT_LOW)."""
+        return TokenFlag.USER_PIN_COUNT_LOW in self._token(region).flags
+
+    def probe_handle(self, region: str) -> int:
+        """The handle of a session opened (and closed) now: SoftHSM2 counts them up."""
+        with self._token(region).open() as session:
+            return int(session.handle)
+
+    def open_sessions(self, handles: range) -> int:
+        """How many of these session handles are open in this process."""
+        cryptoki = self._cryptoki()
+        info = (ctypes.c_ulong * 4)()  # CK_SESSION_INFO: slot, state, flags, device error
+        return sum(cryptoki.C_GetSessionInfo(h, ctypes.byref(info)) == 0 for h in handles)
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +189,7 @@ def make_keyring(state: State, clock: FrozenClock, tmp_path: Path) -> Iterator[K
         regions: Regions | None = None,
         cache_size: int = 1000,
         cache_ttl: timedelta = timedelta(minutes=5),
+        in_flight_margin: timedelta = IN_FLIGHT_MARGIN,
         blind_index_bits: int = 16,
     ) -> Keyring:
         keyring = Keyring(
@@ -151,6 +198,7 @@ def make_keyring(state: State, clock: FrozenClock, tmp_path: Path) -> Iterator[K
             clock=clock,
             cache_size=cache_size,
             cache_ttl=cache_ttl,
+            in_flight_margin=in_flight_margin,
             blind_index_bits=blind_index_bits,
         )
         made.append(keyring)

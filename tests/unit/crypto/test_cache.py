@@ -67,6 +67,31 @@ def test_current_follows_its_key_out_of_the_cache(clock: FrozenClock) -> None:
     assert cache.current("eu", "a") is None
 
 
+def test_a_slow_reader_cannot_mark_a_superseded_version_current_again(
+    clock: FrozenClock,
+) -> None:
+    cache = DataKeyCache(size=10, ttl=TTL, clock=clock)
+    v1 = make_key("a")
+    v2 = DataKey(
+        key_id=new_key_id(), region="eu", subject_id="a", version=2, material=os.urandom(32)
+    )
+    cache.put(v2, current=True)
+    cache.put(v1, current=True)  # read from a snapshot taken before v2 committed
+    assert cache.current("eu", "a") is v2
+    assert cache.by_id("eu", v1.id) is v1  # still there for decryption
+
+
+def test_a_current_mark_lasts_one_ttl_from_when_it_was_made(clock: FrozenClock) -> None:
+    cache = DataKeyCache(size=10, ttl=TTL, clock=clock)
+    key = make_key()
+    cache.put(key)
+    clock.advance(timedelta(minutes=4))
+    cache.put(key, current=True)  # marking it current extends nothing
+    clock.advance(timedelta(minutes=1, seconds=1))
+    assert cache.current("eu", key.subject_id) is None
+    assert cache.ttl == TTL
+
+
 def test_regions_are_separate(clock: FrozenClock) -> None:
     cache = DataKeyCache(size=10, ttl=TTL, clock=clock)
     key = make_key(region="eu")

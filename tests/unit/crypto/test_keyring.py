@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import insert, select, update
 
+from bastion.crypto.datakeys import IN_FLIGHT_MARGIN
 from bastion.crypto.envelope import FieldContext, key_id_of, seal, unseal
 from bastion.crypto.errors import (
     DecryptionFailed,
@@ -22,6 +23,7 @@ from bastion.crypto.providers import LocalKeyProvider
 from bastion.crypto.tables import region_keys, subject_keys
 from bastion.errors import NotFound, ResidencyViolation
 from bastion.state import State
+from tests.conftest import FrozenClock
 from tests.unit.crypto.conftest import KeyringFactory, Rollback
 
 ANNA = "con_eu_01m86dzpzyehmvcb1s3m40n3bk"
@@ -142,7 +144,9 @@ def test_a_key_created_in_a_rolled_back_transaction_is_never_used(
 # --- DEK rotation --------------------------------------------------------------------
 
 
-def test_rotate_dek_then_reseal_then_retire_the_old_version(keyring: Keyring, state: State) -> None:
+def test_rotate_dek_then_reseal_then_retire_the_old_version(
+    keyring: Keyring, state: State, clock: FrozenClock
+) -> None:
     from bastion.crypto.envelope import reseal
 
     eu = state.regions.get("eu")
@@ -152,8 +156,11 @@ def test_rotate_dek_then_reseal_then_retire_the_old_version(keyring: Keyring, st
     with eu.transaction(write=True) as conn:
         new = keyring.rotate_dek(conn, "eu", ANNA)
         assert new.version == 2
-        with pytest.raises(KeyInUse):
+        with pytest.raises(KeyInUse, match="current key"):
             keyring.retire_dek(conn, "eu", new.id)
+    with eu.transaction(write=True) as conn, pytest.raises(KeyInUse, match="retired from"):
+        keyring.retire_dek(conn, "eu", old.id)  # other processes may still seal under it
+    clock.advance(keyring.cache.ttl + IN_FLIGHT_MARGIN)  # see test_dek_rotation.py
     with eu.transaction(write=True) as conn:
         assert keyring.dek_for_subject(conn, "eu", ANNA).id == new.id
         old_key = keyring.dek_by_id(conn, "eu", key_id_of(blob))
@@ -261,7 +268,8 @@ def test_a_provider_without_the_keks_of_existing_keys_is_refused(
 ) -> None:
     with state.regions.get("eu").transaction(write=True) as conn:
         keyring.dek_for_subject(conn, "eu", ANNA)
-    elsewhere = make_keyring(provider=LocalKeyProvider(tmp_path_factory.mktemp("other-home")))
+    other_home = tmp_path_factory.mktemp("other-home")
+    elsewhere = make_keyring(provider=LocalKeyProvider(other_home, mode="development"))
     eu = state.regions.get("eu")
     with eu.transaction(write=True) as conn, pytest.raises(KeyConfigurationError, match="HOME"):
         elsewhere.dek_for_subject(conn, "eu", BORIS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pkcs11
 import pytest
 import structlog
-from pkcs11 import Attribute
+from pkcs11 import Attribute, KeyType, MechanismFlag
 from pkcs11 import exceptions as p11
 from pydantic import SecretStr
 
@@ -168,7 +168,7 @@ def test_no_key_material_in_reprs_errors_or_logs(
 
 
 def test_local_kek_files_are_private(tmp_path: Path) -> None:
-    provider = LocalKeyProvider(tmp_path)
+    provider = LocalKeyProvider(tmp_path, mode="development")
     provider.create_version("eu", 1)
     path = tmp_path / "keys" / "eu" / "kek-v000001.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -181,19 +181,52 @@ def test_local_kek_files_are_private(tmp_path: Path) -> None:
 def test_local_provider_refuses_production_mode(tmp_path: Path) -> None:
     with pytest.raises(KeyConfigurationError, match="production"):
         build_provider(KeySettings(), mode="production", home=tmp_path)
+    with pytest.raises(KeyConfigurationError, match="production"):
+        LocalKeyProvider(tmp_path, mode="production")
+
+
+def test_local_provider_must_be_told_its_mode(tmp_path: Path) -> None:
+    # No permissive default: a caller that forgets the mode must not get dev keys.
+    with pytest.raises(TypeError, match="mode"):
+        LocalKeyProvider(tmp_path)  # type: ignore[call-arg]
+    with pytest.raises(KeyConfigurationError, match="mode"):
+        LocalKeyProvider(tmp_path, mode="prod")
+
+
+def test_a_kek_destroyed_by_another_process_stops_unwrapping_here_at_once(
+    tmp_path: Path,
+) -> None:
+    # Two providers on one BASTION_HOME: a server, and `bastion keys retire-kek`.
+    server = LocalKeyProvider(tmp_path, mode="development")
+    cli = LocalKeyProvider(tmp_path, mode="development")
+    server.create_version("eu", 1)
+    server.create_version("eu", 2)
+    wrapped = server.wrap("eu", 1, DEK, AAD)
+    assert server.unwrap("eu", 1, wrapped, AAD) == DEK  # v1 is loaded in the server now
+    cli.destroy_version("eu", 1)
+    with pytest.raises(KeyDestroyed):
+        server.unwrap("eu", 1, wrapped, AAD)
+    with pytest.raises(KeyDestroyed):
+        server.wrap("eu", 1, DEK, AAD)
+    assert server.unwrap("eu", 2, server.wrap("eu", 2, DEK, AAD), AAD) == DEK
+    # The number re-used by hand makes another key, which the server must load.
+    cli.create_version("eu", 1)
+    with pytest.raises(DecryptionFailed):
+        server.unwrap("eu", 1, wrapped, AAD)
+    assert cli.unwrap("eu", 1, server.wrap("eu", 1, DEK, AAD), AAD) == DEK
 
 
 def test_local_provider_refuses_a_kek_file_others_can_read(tmp_path: Path) -> None:
-    LocalKeyProvider(tmp_path).create_version("eu", 1)
+    LocalKeyProvider(tmp_path, mode="development").create_version("eu", 1)
     (tmp_path / "keys" / "eu" / "kek-v000001.key").chmod(0o644)
-    fresh = LocalKeyProvider(tmp_path)
+    fresh = LocalKeyProvider(tmp_path, mode="development")
     with pytest.raises(KeyConfigurationError, match="chmod 600"):
         fresh.wrap("eu", 1, DEK, AAD)
 
 
 def test_local_provider_warns_loudly_when_it_creates_a_kek(tmp_path: Path) -> None:
     with structlog.testing.capture_logs() as logs:
-        LocalKeyProvider(tmp_path).create_version("eu", 1)
+        LocalKeyProvider(tmp_path, mode="development").create_version("eu", 1)
     assert [e["event"] for e in logs] == ["development_kek_created"]
     assert logs[0]["log_level"] == "warning"
 
@@ -276,3 +309,108 @@ def test_pkcs11_settings_must_be_complete(missing: str) -> None:
     del values[missing]
     with pytest.raises(KeyConfigurationError, match=missing):
         build_provider(KeySettings.model_validate(values), mode="production", home=Path())
+
+
+def test_a_wrong_pin_is_tried_once_and_leaves_no_session_open(hsm: SoftHsm) -> None:
+    provider = Pkcs11KeyProvider(
+        module=hsm.module, token_label="bastion-{region}", pin=SecretStr("not-the-pin")
+    )
+    hsm.log_in_and_out("eu")
+    assert not hsm.failed_login_seen("eu")
+    first = hsm.probe_handle("eu")
+    try:
+        with pytest.raises(KeyConfigurationError, match="PIN") as caught:
+            provider.versions("eu")
+        assert caught.value.status == 500  # retrying cannot help: not a 503
+        assert hsm.failed_login_seen("eu")  # the token saw one failed login...
+        hsm.log_in_and_out("eu")  # (which clears the token's flag again)
+        calls = [
+            lambda: provider.versions("eu"),
+            lambda: provider.create_version("eu", 1),
+            lambda: provider.wrap("eu", 1, DEK, AAD),
+            lambda: provider.unwrap("eu", 1, bytes(60), AAD),
+            lambda: provider.destroy_version("eu", 1),
+        ]
+        for call in calls * 3:
+            with pytest.raises(KeyConfigurationError, match="PIN"):
+                call()
+        assert not hsm.failed_login_seen("eu")  # ...and no other one: a real HSM would lock
+        last = hsm.probe_handle("eu")
+        assert last > first + 1  # the provider did open sessions in between
+        assert hsm.open_sessions(range(first + 1, last)) == 0
+    finally:
+        provider.close()
+    with pytest.raises(KeyConfigurationError, match="PIN"):
+        provider.versions("eu")  # closing is not rebuilding: still no new attempt
+    assert not hsm.failed_login_seen("eu")
+    rebuilt = build_provider(hsm.key_settings(), mode="development", home=Path())
+    try:
+        assert rebuilt.versions("eu") == ()
+    finally:
+        rebuilt.close()
+
+
+def test_a_provider_joining_a_login_leaves_no_extra_session_open(hsm: SoftHsm) -> None:
+    first = hsm.probe_handle("eu")
+    token = pkcs11.lib(hsm.module).get_token(token_label="bastion-eu")
+    with token.open(user_pin=USER_PIN) as held:  # the process is logged in already
+        provider = build_provider(hsm.key_settings(), mode="development", home=Path())
+        try:
+            provider.create_version("eu", 1)
+            assert provider.versions("eu") == (1,)
+        finally:
+            provider.close()
+        last = hsm.probe_handle("eu")
+        assert hsm.open_sessions(range(first + 1, last)) == 1  # only `held`
+        assert hsm.open_sessions(range(held.handle, held.handle + 1)) == 1
+
+
+def test_closing_one_provider_does_not_log_out_another(hsm: SoftHsm) -> None:
+    one = build_provider(hsm.key_settings(), mode="development", home=Path())
+    other = build_provider(hsm.key_settings(), mode="development", home=Path())
+    try:
+        one.create_version("eu", 1)
+        assert other.versions("eu") == (1,)
+        one.close()
+        # Private objects are invisible to a session that is not logged in: had
+        # closing `one` logged the process out, `other` would see no KEK at all.
+        assert other.versions("eu") == (1,)
+    finally:
+        one.close()
+        other.close()
+
+
+def test_a_kek_made_by_hand_that_cannot_encrypt_is_a_configuration_error(hsm: SoftHsm) -> None:
+    token = pkcs11.lib(hsm.module).get_token(token_label="bastion-eu")
+    with token.open(rw=True, user_pin=USER_PIN) as session:
+        session.generate_key(
+            KeyType.AES,
+            256,
+            id=kek_object_id("eu", 1),
+            store=True,
+            capabilities=MechanismFlag.DECRYPT,
+            template={Attribute.TOKEN: True, Attribute.PRIVATE: True},
+        )
+    provider = build_provider(hsm.key_settings(), mode="development", home=Path())
+    try:
+        assert provider.versions("eu") == (1,)
+        with pytest.raises(KeyConfigurationError, match="cannot encrypt") as caught:
+            provider.wrap("eu", 1, DEK, AAD)
+        assert caught.value.status == 500
+    finally:
+        provider.close()
+
+
+def test_crypto_code_has_no_asserts_that_python_o_would_strip() -> None:
+    import ast
+
+    import bastion.crypto
+
+    package = Path(bastion.crypto.__file__).parent
+    found = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(package.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []

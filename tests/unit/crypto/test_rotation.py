@@ -181,7 +181,8 @@ _KILLABLE = textwrap.dedent(
 
     url, home = sys.argv[1], sys.argv[2]
     regions = Regions({"eu": Database("eu", create_db_engine(url))})
-    keyring = Keyring(regions=regions, provider=LocalKeyProvider(Path(home)), clock=SystemClock())
+    provider = LocalKeyProvider(Path(home), mode="development")
+    keyring = Keyring(regions=regions, provider=provider, clock=SystemClock())
     KekRotation(keyring, batch_size=1).run("eu", progress=lambda _: time.sleep(0.01))
     """
 )

@@ -69,7 +69,9 @@ def test_dates_and_booleans() -> None:
     [
         ("mood == happy", "cases", "no field 'mood'"),
         ("id == x", "cases", "no field 'id'"),
-        ("description == x", "cases", "cannot be tested"),
+        ("description == x", "accounts", "cannot be tested"),
+        ("description == x", "cases", "encrypted"),
+        ("email == x", "contacts", "encrypted"),
         ("status < open", "cases", "not a number or date"),
         ("status == sleeping", "cases", "not one of"),
         ("amount < many", "opportunities", "numbers"),

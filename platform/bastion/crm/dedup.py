@@ -1,0 +1,106 @@
+"""Finding records by encrypted identifiers: list filters, and duplicate refusal.
+
+Searchable encrypted fields (emails, phones, names) are found through their blind
+index in SQL — never by decrypting a table — and the few false positives a
+truncated index lets through are dropped after decrypting.
+
+Creating a contact or lead whose email, phone or mobile matches one the caller can
+see already answers 409 naming the existing record, unless the caller asks for a
+duplicate (`?allow_duplicate=true`). Only records inside the caller's read scope,
+and only identifiers it may read, take part: the answer never reveals a record or
+a value the caller could not have looked up itself. On PostgreSQL, creates of the
+same identifier serialize on a transaction-scoped advisory lock, so two concurrent
+requests cannot both miss each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, select, text
+
+from bastion.crm.access import Access
+from bastion.crm.catalog import EntitySpec
+from bastion.crm.tables import ENTITY_TABLES
+from bastion.errors import Conflict
+
+if TYPE_CHECKING:
+    from bastion.crm.pipeline import Pipeline
+
+# Identifiers that mean "the same person" when equal; names do not.
+IDENTIFIERS = ("email", "phone", "mobile")
+_CANDIDATES = 50
+
+
+class DuplicateRecord(Conflict):
+    slug = "duplicate-record"
+    title = "Duplicate record"
+
+    def __init__(self, spec: EntitySpec, record_id: str, fields: list[str]) -> None:
+        super().__init__(
+            f"a {spec.singular} with the same {' and '.join(fields)} already exists; "
+            "send ?allow_duplicate=true to create another"
+        )
+        self.record_id = record_id
+        self.fields = fields
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"existing_id": self.record_id, "fields": self.fields}
+
+
+def split_filters(
+    spec: EntitySpec, filters: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(plain column filters, filters on encrypted searchable fields)."""
+    plain: dict[str, Any] = {}
+    encrypted: dict[str, Any] = {}
+    for name, value in filters.items():
+        field = spec.field(name)
+        (encrypted if field is not None and field.encrypted else plain)[name] = value
+    return plain, encrypted
+
+
+def refuse_duplicates(
+    pipeline: Pipeline,
+    conn: Connection,
+    access: Access,
+    spec: EntitySpec,
+    region: str,
+    values: Mapping[str, Any],
+) -> None:
+    """Raise `DuplicateRecord` if a record the caller can see has the same identifier."""
+    if not spec.data_subject:
+        return
+    scope = access.policy.scope(access.principal.roles, region, spec.name, "read")
+    if not scope.permits_any:
+        return
+    readable = access.mask(region, spec, "read").always
+    table = ENTITY_TABLES[spec.name]
+    for name in IDENTIFIERS:
+        field = spec.field(name)
+        value = values.get(name)
+        if field is None or field.index_column is None or value is None or name not in readable:
+            continue
+        index = pipeline.codec.index(conn, spec, region, field, value)
+        wanted = pipeline.codec.normalized(field, value)
+        _serialize(conn, spec, name, index)
+        query = select(table).where(table.c[field.index_column] == index)
+        where = access.where(spec, scope)
+        if where is not None:
+            query = query.where(where)
+        for row in conn.execute(query.limit(_CANDIDATES)):
+            stored = dict(row._mapping)
+            found = pipeline.codec.open_field(conn, spec, region, stored, field)
+            if pipeline.codec.matches(field, found, wanted):
+                raise DuplicateRecord(spec, str(stored["id"]), [name])
+
+
+def _serialize(conn: Connection, spec: EntitySpec, field: str, index: bytes) -> None:
+    if conn.dialect.name != "postgresql":
+        return  # SQLite: the write transaction already holds the database's write lock
+    digest = hashlib.sha256(b"dedup\0" + spec.name.encode() + b"\0" + field.encode() + index)
+    key = int.from_bytes(digest.digest()[:8], "big", signed=True)
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
