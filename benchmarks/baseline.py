@@ -1,19 +1,27 @@
 """The baseline: the least a Starlette + SQLAlchemy app does to serve the same API.
 
 Same routes (`POST /v1/contacts`, `GET /v1/contacts/{id}`, `GET /v1/contacts`),
-same tables (`bastion.crm.tables`, i.e. the schema the migrations build), same
-database files or PostgreSQL databases, same engine settings — and nothing else:
-no authentication, no policy, no validation beyond "is it a JSON object with a
-last_name", no encryption, no audit, no request-id middleware. Bastion's
-throughput divided by this app's is the cost of Bastion's pipeline.
+same tables (`bastion.crm.tables`, built by Bastion's migrations, but in a set of
+databases of its own: the apps never share one), same engine settings — and
+nothing else: no authentication, no policy, no validation beyond "is it a JSON
+object with a last_name", no encryption, no audit, no request-id middleware.
+Bastion's throughput divided by this app's is the cost of Bastion's pipeline.
+
+Encrypted fields: the columns the catalog marks `encrypted` (first_name,
+last_name, email, phone, ...) are binary, because Bastion stores AES-GCM
+envelopes there. The baseline stores the value's UTF-8 bytes instead (a JSON
+string as is, any other JSON value as its JSON text) — no encryption, which is
+the point — and returns them decoded as text. It never fills the blind-index
+columns (`<field>_bidx`), never writes them from a request body and leaves them
+out of its responses.
 
 The engine settings deliberately match `bastion.residency.databases` (SQLite: WAL,
 `synchronous=NORMAL`, a busy timeout and `BEGIN IMMEDIATE` for writes; PostgreSQL:
 pre-ping; the same pool size), so the ratio measures the pipeline and not a
 different database configuration.
 
-Ids have Bastion's format (`con_<region>_<26 base32 chars of a UUIDv7>`) so rows
-written by either app can be read by the other.
+Ids have Bastion's format (`con_<region>_<26 base32 chars of a UUIDv7>`): like
+Bastion, a GET finds the region's database from the id alone.
 
 Run with `uvicorn --factory benchmarks.baseline:app_from_environment`; it reads
 BASTION_REGIONS, BASTION_REGION_<NAME>_URL and BASTION_DB_POOL_SIZE.
@@ -21,6 +29,7 @@ BASTION_REGIONS, BASTION_REGION_<NAME>_URL and BASTION_DB_POOL_SIZE.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -37,10 +46,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bastion.crm.catalog import ENTITIES
 from bastion.crm.tables import ENTITY_TABLES
 
 CONTACTS = ENTITY_TABLES["contacts"]
-_COLUMNS = tuple(CONTACTS.c.keys())
+_ENCRYPTED = frozenset(f.name for f in ENTITIES["contacts"].encrypted_fields)
+_BLIND_INDEXES = frozenset(
+    f.index_column for f in ENTITIES["contacts"].fields if f.index_column is not None
+)
+# What a response shows: every column but the blind indexes (never filled here).
+_COLUMNS = tuple(column.key for column in CONTACTS.c if column.key not in _BLIND_INDEXES)
 _WRITABLE = frozenset(_COLUMNS) - {"id", "region", "version", "created_at", "updated_at"}
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
 _WRITE = "baseline_write"
@@ -101,7 +116,16 @@ def create_engine_like_bastion(url: str, pool_size: int, timeout: int = 3) -> En
     return engine
 
 
+def _stored(value: Any) -> bytes | None:
+    """What goes into an encrypted column: the value's UTF-8 bytes, not encrypted."""
+    if value is None:
+        return None
+    return (value if isinstance(value, str) else json.dumps(value)).encode("utf-8")
+
+
 def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes | memoryview):  # an encrypted column: UTF-8 text
+        return bytes(value).decode("utf-8")
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, date | Decimal):
@@ -160,7 +184,9 @@ class Baseline:
         if region not in self.engines:
             return _error(422, "unknown region")
         now = datetime.now(UTC)
-        values = {k: v for k, v in body.items() if k in _WRITABLE}
+        values = {
+            k: _stored(v) if k in _ENCRYPTED else v for k, v in body.items() if k in _WRITABLE
+        }
         values.update(
             id=new_id("con", region), region=region, version=1, created_at=now, updated_at=now
         )

@@ -1,8 +1,9 @@
 """Databases, settings and server processes for one benchmark backend.
 
-Each run gets throwaway databases: SQLite files in a temporary directory, or three
-fresh PostgreSQL databases (control, eu, us) dropped again at the end. The schema
-is built by Bastion's own migrations, and one admin token is issued for the run.
+Each app (Bastion, the baseline) gets its own set of throwaway databases per run:
+SQLite files in a temporary directory, or three fresh PostgreSQL databases
+(control, eu, us) dropped again at the end. Every set's schema is built by
+Bastion's own migrations, and one admin token is issued in Bastion's set.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ PG_ADMIN_DSN = os.environ.get(
     "BASTION_BENCH_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
 BACKENDS = ("sqlite", "postgresql")
+APPS = ("bastion", "baseline")
+DATABASES = ("control", *REGIONS)
 
 
 @dataclass(frozen=True, slots=True)
-class Backend:
-    name: str
+class Databases:
+    """One app's own set of throwaway databases on one backend."""
+
+    backend: str  # "sqlite" or "postgresql"
+    app: str  # whose databases these are ("bastion" or "baseline")
     urls: dict[str, str]  # "control", "eu", "us" -> SQLAlchemy URL
     home: Path  # BASTION_HOME and the place for logs and the empty config file
 
@@ -58,22 +64,32 @@ def _pg_url(database: str) -> str:
 
 
 @contextlib.contextmanager
-def backend_databases(name: str, workdir: Path) -> Iterator[Backend]:
-    """Empty databases for `name` ("sqlite" or "postgresql"), removed afterwards."""
-    home = workdir / name
+def backend_databases(backend: str, workdir: Path) -> Iterator[dict[str, Databases]]:
+    """Each app's own empty databases on `backend` ("sqlite" or "postgresql"), by app.
+
+    The apps never share a database: Bastion cannot decrypt the baseline's
+    plaintext rows, and each app's lists and gets must see only its own rows.
+    """
+    with contextlib.ExitStack() as stack:
+        yield {app: stack.enter_context(_app_databases(backend, app, workdir)) for app in APPS}
+
+
+@contextlib.contextmanager
+def _app_databases(backend: str, app: str, workdir: Path) -> Iterator[Databases]:
+    home = workdir / backend / app
     home.mkdir(parents=True, exist_ok=True)
     (home / "bastion.toml").write_text("# empty: the benchmark configures by environment\n")
-    if name == "sqlite":
-        urls = {db: f"sqlite:///{home / f'{db}.db'}" for db in ("control", *REGIONS)}
-        yield Backend(name, urls, home)
+    if backend == "sqlite":
+        urls = {db: f"sqlite:///{home / f'{db}.db'}" for db in DATABASES}
+        yield Databases(backend, app, urls, home)
         return
-    tag = f"bastion_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    names = {db: f"{tag}_{db}" for db in ("control", *REGIONS)}
+    tag = f"bastion_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}_{app}"
+    names = {db: f"{tag}_{db}" for db in DATABASES}
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
         for database in names.values():
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     try:
-        yield Backend(name, {db: _pg_url(database) for db, database in names.items()}, home)
+        yield Databases(backend, app, {db: _pg_url(name) for db, name in names.items()}, home)
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             for database in names.values():
@@ -84,31 +100,38 @@ def backend_databases(name: str, workdir: Path) -> Iterator[Backend]:
                 )
 
 
-def bastion_environment(backend: Backend) -> dict[str, str]:
-    """The BASTION_* variables both apps read (the baseline only reads the region URLs)."""
+def bastion_environment(databases: Databases) -> dict[str, str]:
+    """The BASTION_* variables for one app's databases (the baseline reads only the
+    region URLs and the pool size; the rest is what Bastion's migrations need)."""
     env = {
-        "BASTION_HOME": str(backend.home),
-        "BASTION_CONFIG": str(backend.home / "bastion.toml"),
+        "BASTION_HOME": str(databases.home),
+        "BASTION_CONFIG": str(databases.home / "bastion.toml"),
         "BASTION_POLICIES": str(POLICIES),
         "BASTION_SECRET_KEY": secrets.token_urlsafe(32),  # throwaway, per run
-        "BASTION_CONTROL_URL": backend.urls["control"],
+        "BASTION_CONTROL_URL": databases.urls["control"],
         "BASTION_REGIONS": ",".join(REGIONS),
         "BASTION_LOG_LEVEL": "warning",
     }
     for region in REGIONS:
-        env[f"BASTION_REGION_{region.upper()}_URL"] = backend.urls[region]
+        env[f"BASTION_REGION_{region.upper()}_URL"] = databases.urls[region]
     return env
+
+
+def migrate_databases(env: dict[str, str]) -> None:
+    """Build the schema in every database `env` names, with Bastion's migrations."""
+    from bastion import migrate  # imported late: a clear error if it is missing
+    from bastion.config import load_settings
+
+    migrate.migrate_all(load_settings(env))
 
 
 def prepare(env: dict[str, str]) -> str:
     """Migrate every database and issue an admin token; returns the bearer token."""
-    from bastion import migrate  # imported late: a clear error if it is missing
     from bastion.config import load_settings
     from bastion.state import build_state
 
-    settings = load_settings(env)
-    migrate.migrate_all(settings)
-    state = build_state(settings)
+    migrate_databases(env)
+    state = build_state(load_settings(env))
     try:
         return state.tokens.issue(principal_name="benchmark", roles=["admin"]).secret
     finally:

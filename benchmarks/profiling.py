@@ -10,7 +10,9 @@ hop's own cost is therefore not in the profile; it is in the HTTP benchmark.
 For each operation the report gives:
 
 - the unprofiled in-process cost per request of Bastion and of the baseline app
-  (same driver, same databases) — the pipeline's overhead without HTTP noise;
+  (same driver; each app on its own set of databases, trimmed to the same
+  number of contacts before each operation) — the pipeline's overhead without
+  HTTP noise;
 - self time by layer (each function's own time, summed by what kind of code it
   is: SQL, validation, JSON, ...), so the layers add up to the total;
 - inclusive time of the pipeline's steps (auth, policy, validation, persist, ...),
@@ -39,9 +41,15 @@ from typing import Any, TypeVar
 from starlette.types import ASGIApp, Message
 
 from benchmarks import baseline
-from benchmarks.environment import Backend, bastion_environment, prepare
+from benchmarks.environment import (
+    APPS,
+    Databases,
+    bastion_environment,
+    migrate_databases,
+    prepare,
+)
 from benchmarks.load import Call, CallFactory
-from benchmarks.workload import OPERATIONS, SEED_ROWS, create_call
+from benchmarks.workload import OPERATIONS, SEED_ROWS, create_call, level_contacts
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 50
@@ -313,23 +321,26 @@ async def timed(app: ASGIApp, requests: list[Prepared]) -> tuple[float, int]:
     return (time.perf_counter() - started) / len(requests), errors
 
 
-async def profile_async(backend: Backend, requests: int, top: int) -> None:
+async def profile_async(databases: dict[str, Databases], requests: int, top: int) -> None:
     from bastion.app import create_app
     from bastion.config import load_settings
     from bastion.logs import configure_logging
     from bastion.state import build_state
 
-    env = bastion_environment(backend)
-    token = prepare(env)
+    backend = databases["bastion"].backend
+    envs = {app: bastion_environment(databases[app]) for app in APPS}
+    token = prepare(envs["bastion"])
+    migrate_databases(envs["baseline"])
     headers = {"Authorization": f"Bearer {token}"}
-    settings = load_settings(env)
+    settings = load_settings(envs["bastion"])
     configure_logging(settings.log_format, settings.log_level)
     state = build_state(settings)
-    baseline_engines = baseline.engines_from_environment(env)
+    baseline_engines = baseline.engines_from_environment(envs["baseline"])
     apps: dict[str, ASGIApp] = {
         "bastion": create_app(settings, state=state),
         "baseline": baseline.create_app(baseline_engines),
     }
+    eu_urls = {app: databases[app].urls["eu"] for app in APPS}
     rng = random.Random(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -339,24 +350,27 @@ async def profile_async(backend: Backend, requests: int, top: int) -> None:
                 if await drive(app, seeded):
                     raise RuntimeError("seeding failed: a create was not 2xx")
             for operation, workload in OPERATIONS.items():
-                make_call = workload(backend.urls["eu"], rng)
+                level_contacts(eu_urls)  # Bastion also ran the profiled batch
+                calls = workload(eu_urls, rng)
 
-                def batch(size: int, offset: int, make: CallFactory = make_call) -> list[Prepared]:
+                def batch(size: int, offset: int, make: CallFactory) -> list[Prepared]:
                     return prepare_calls([make(offset + n) for n in range(size)], headers)
 
                 per_request: dict[str, float] = {}
                 for name, app in apps.items():
-                    await drive(app, batch(WARMUP, 10_000_000))
-                    per_request[name], errors = await timed(app, batch(requests, 20_000_000))
+                    await drive(app, batch(WARMUP, 10_000_000, calls[name]))
+                    per_request[name], errors = await timed(
+                        app, batch(requests, 20_000_000, calls[name])
+                    )
                     if errors:
                         print(f"  ERRORS: {name} {operation}: {errors} non-2xx responses")
-                profiled = batch(requests, 30_000_000)
+                profiled = batch(requests, 30_000_000, calls["bastion"])
                 profiler = cProfile.Profile()
                 errors = await _profiled(profiler, drive(apps["bastion"], profiled))
                 stats = pstats.Stats(profiler)
-                stats.dump_stats(RESULTS / f"profile-{backend.name}-{operation}.prof")
+                stats.dump_stats(RESULTS / f"profile-{backend}-{operation}.prof")
                 b, base = per_request["bastion"], per_request["baseline"]
-                print(f"-- {backend.name} {operation}: {requests} requests, one at a time --")
+                print(f"-- {backend} {operation}: {requests} requests, one at a time --")
                 print(
                     f"  in-process, unprofiled: bastion {b * 1e6:.0f} us/request, "
                     f"baseline {base * 1e6:.0f} us/request (bastion/baseline rate {base / b:.2f})"
@@ -379,5 +393,6 @@ async def _profiled(profiler: cProfile.Profile, work: Awaitable[T]) -> T:
         profiler.disable()
 
 
-def profile_backend(backend: Backend, *, requests: int, top: int) -> None:
-    asyncio.run(profile_async(backend, requests, top))
+def profile_backend(databases: dict[str, Databases], *, requests: int, top: int) -> None:
+    """Profile every operation, Bastion and the baseline each on `databases[app]`."""
+    asyncio.run(profile_async(databases, requests, top))

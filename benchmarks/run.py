@@ -1,10 +1,13 @@
 """`python -m benchmarks.run`: Bastion against the baseline app, per backend and operation.
 
-For each backend (SQLite, PostgreSQL) both apps are started as uvicorn processes
-on the same freshly migrated databases, and each operation (create, get, list) is
-measured for both under the same concurrency, the two apps back to back so that
-machine drift hits both alike. `--profile` instead runs Bastion in-process under
-cProfile and reports where its time goes (see benchmarks/profiling.py).
+For each backend (SQLite, PostgreSQL) both apps are started as uvicorn processes,
+each on its own freshly migrated set of databases (same engine, same schema), and
+each operation (create, get, list) is measured for both under the same
+concurrency, the two apps back to back so that machine drift hits both alike.
+Before each phase the app with more contacts loses its newest ones, so both apps
+run each phase on tables of the same size. `--profile` instead runs Bastion
+in-process under cProfile and reports where its time goes (see
+benchmarks/profiling.py).
 """
 
 from __future__ import annotations
@@ -26,19 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.environment import (
+    APPS,
     BACKENDS,
-    Backend,
+    Databases,
     Server,
     backend_databases,
     bastion_environment,
+    migrate_databases,
     postgres_available,
     prepare,
 )
 from benchmarks.load import CallFactory, Connection, LoadResult, Target, run_load
-from benchmarks.workload import OPERATIONS, SEED_ROWS, contact_count, create_call
+from benchmarks.workload import OPERATIONS, SEED_ROWS, create_call, level_contacts
 
 RESULTS = Path(__file__).resolve().parent / "results"
-APPS = ("bastion", "baseline")
 FACTORIES = {
     "bastion": "bastion.app:app_from_environment",
     "baseline": "benchmarks.baseline:app_from_environment",
@@ -59,7 +63,7 @@ class Options:
 class Measurement:
     backend: str
     operation: str
-    rows: int  # contacts in the eu database when the phase started
+    rows: int  # contacts in each app's eu database when the phase started
     results: dict[str, LoadResult]  # app -> result
 
     @property
@@ -101,6 +105,14 @@ async def seed(servers: dict[str, Server], headers: dict[str, str], rows: int) -
                 await connection.close()
 
 
+def level(backend: str, eu_urls: dict[str, str]) -> int:
+    """Trim both apps' contacts to the same count (see `level_contacts`); returns it."""
+    rows, deleted = level_contacts(eu_urls)
+    for app, count in deleted.items():
+        print(f"  {backend:<10} {app}: {count} newest contacts deleted, {rows} left", flush=True)
+    return rows
+
+
 async def measure(target: Target, make_call: CallFactory, options: Options) -> LoadResult:
     """A warm-up (discarded), then the measured run."""
     if options.warmup > 0:
@@ -124,13 +136,18 @@ def progress(backend: str, operation: str, app: str, result: LoadResult) -> None
     )
 
 
-async def bench_backend(backend: Backend, options: Options) -> list[Measurement]:
-    env = bastion_environment(backend)
-    token = prepare(env)
+async def bench_backend(databases: dict[str, Databases], options: Options) -> list[Measurement]:
+    """Measure every operation for both apps, each app on its own `databases[app]`."""
+    backend = databases["bastion"].backend
+    envs = {app: bastion_environment(databases[app]) for app in APPS}
+    token = prepare(envs["bastion"])
+    migrate_databases(envs["baseline"])
     headers = {"Authorization": f"Bearer {token}"}  # sent to both apps: same request bytes
     servers = {
-        app: Server(f"{backend.name}-{app}", FACTORIES[app], env, backend.home) for app in APPS
+        app: Server(f"{backend}-{app}", FACTORIES[app], envs[app], databases[app].home)
+        for app in APPS
     }
+    eu_urls = {app: databases[app].urls["eu"] for app in APPS}
     measurements: list[Measurement] = []
     try:
         for server in servers.values():
@@ -140,18 +157,18 @@ async def bench_backend(backend: Backend, options: Options) -> list[Measurement]
         await seed(servers, headers, SEED_ROWS)
         rng = random.Random(options.seed)
         for index, (operation, workload) in enumerate(OPERATIONS.items()):
-            make_call = workload(backend.urls["eu"], rng)
-            rows = contact_count(backend.urls["eu"])
+            rows = level(backend, eu_urls)
+            calls = workload(eu_urls, rng)
             # Alternate which app goes first, so neither always runs on the warmer machine.
             order = APPS if index % 2 == 0 else tuple(reversed(APPS))
             results: dict[str, LoadResult] = {}
             for app in order:
                 results[app] = await measure(
-                    Target(servers[app].base_url, headers), make_call, options
+                    Target(servers[app].base_url, headers), calls[app], options
                 )
-                progress(backend.name, operation, app, results[app])
+                progress(backend, operation, app, results[app])
             measurements.append(
-                Measurement(backend.name, operation, rows, {app: results[app] for app in APPS})
+                Measurement(backend, operation, rows, {app: results[app] for app in APPS})
             )
     except Exception:
         for server in servers.values():
@@ -188,7 +205,10 @@ def print_table(measurements: list[Measurement], options: Options) -> None:
             f"{_fmt(base.p50_ms) + ' / ' + _fmt(base.p99_ms):>19}  "
             f"{f'{b.errors} / {base.errors}':>13} {m.rows:>6}"
         )
-    print("rows: contacts in the table when the phase started (a list sorts them all)")
+    print(
+        "rows: contacts in each app's own table when the phase started (a list sorts them "
+        "all; the larger table is trimmed to the smaller's size first)"
+    )
     for m in measurements:
         for app, result in m.results.items():
             if result.errors:
@@ -288,25 +308,25 @@ def main(argv: list[str] | None = None) -> int:
     backends = selected_backends(args.backend, notes)
     warmup = args.warmup if args.warmup is not None else min(2.0, max(0.5, args.duration * 0.2))
     options = Options(backends, args.duration, warmup, args.concurrency, args.seed)
-    run: Callable[[Backend], Any]
+    run: Callable[[dict[str, Databases]], Any]
     if args.profile:
         from benchmarks.profiling import profile_backend
 
-        def run(backend: Backend) -> Any:
-            return profile_backend(backend, requests=args.requests, top=args.top)
+        def run(databases: dict[str, Databases]) -> Any:
+            return profile_backend(databases, requests=args.requests, top=args.top)
 
     else:
 
-        def run(backend: Backend) -> Any:
-            return asyncio.run(bench_backend(backend, options))
+        def run(databases: dict[str, Databases]) -> Any:
+            return asyncio.run(bench_backend(databases, options))
 
     started = time.perf_counter()
     measurements: list[Measurement] = []
     with tempfile.TemporaryDirectory(prefix="bastion-bench-") as workdir:
         for name in backends:
             print(f"== {name} ==", flush=True)
-            with backend_databases(name, Path(workdir)) as backend:
-                result = run(backend)
+            with backend_databases(name, Path(workdir)) as databases:
+                result = run(databases)
             if not args.profile:
                 measurements.extend(result)
     if not args.profile:

@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from bastion.api import audit, docs, openapi, policy, records, system
+from bastion.api import audit, docs, dsr, openapi, policy, records, system
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
 from bastion.config import Settings, load_settings
@@ -33,9 +33,13 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
         app.state.bastion.audit.start()
         # Follows the policy version activated in the control database (hot reload).
         app.state.bastion.policy_watcher.start()
+        # Data subjects' requests: run here on the embedded default, else by `bastion worker`.
+        if app.state.bastion.runs_jobs_in_process:
+            app.state.bastion.dsr_jobs.start()
         try:
             yield
         finally:
+            app.state.bastion.dsr_jobs.stop()
             app.state.bastion.policy_watcher.stop()
             app.state.bastion.audit.stop()
             if owned:
@@ -49,6 +53,7 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
             *docs.routes,
             *audit.routes,
             *policy.routes,
+            *dsr.routes,
             *records.routes,
         ],
         middleware=[Middleware(RequestContext, max_body_bytes=settings.max_body_bytes)],

@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from bastion.audit.settings import AuditSettings
 from bastion.crypto.settings import KeySettings
+from bastion.dsr.settings import DsrSettings
 from bastion.residency.ids import is_valid_region_name
 
 Mode = Literal["development", "production"]
@@ -66,6 +67,7 @@ class Settings(BaseModel):
     policy_poll_seconds: float = Field(default=2.0, ge=0.1, le=3600)
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    dsr: DsrSettings = Field(default_factory=DsrSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -105,6 +107,7 @@ class _FileConfig(BaseModel):
     regions: dict[str, dict[str, str]] | None = None
     keys: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
+    dsr: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -247,6 +250,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     values["keys"] = _section("keys", KeySettings, file.keys, env)
     values["audit"] = _section("audit", AuditSettings, file.audit, env)
+    values["dsr"] = _section("dsr", DsrSettings, file.dsr, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")

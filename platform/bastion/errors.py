@@ -84,6 +84,14 @@ class Conflict(BastionError):
     title = "Conflict"
 
 
+class Gone(BastionError):
+    """The record existed and was erased (a data subject's request): it will not return."""
+
+    status = 410
+    slug = "erased"
+    title = "Erased"
+
+
 class PayloadTooLarge(BastionError):
     status = 413
     slug = "payload-too-large"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bastion.audit.tables
 import bastion.crypto.tables
+import bastion.dsr.tables
 import bastion.policy.tables  # noqa: F401 - registers its tables
 from bastion.crm.tables import region_metadata
 from bastion.principals.tables import control_metadata

@@ -7,6 +7,7 @@ instances as they like and a policy reload swaps one attribute.
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 
@@ -20,6 +21,8 @@ from bastion.config import Settings
 from bastion.crm.cursors import CursorCodec
 from bastion.crm.service import RecordService
 from bastion.crypto.keyring import Keyring, build_keyring
+from bastion.dsr.jobs import DsrRunner
+from bastion.dsr.service import DsrService
 from bastion.errors import RegionUnavailable
 from bastion.policy.engine import Policy, PolicySource
 from bastion.policy.lint import Finding, checked_policy
@@ -43,6 +46,8 @@ class State:
     policy_store: PolicyStore = field(init=False)
     policy_watcher: PolicyWatcher = field(init=False)
     audit: AuditLog = field(init=False)
+    dsr: DsrService = field(init=False)
+    dsr_jobs: DsrRunner = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = build_keyring(
@@ -83,6 +88,27 @@ class State:
             audit_notify=self.audit.notify,
         )
 
+        self.dsr_jobs = DsrRunner(
+            regions=self.regions,
+            keys=self.keys,
+            records=self.records,
+            audit=self.audit,
+            clock=self.clock,
+            settings=self.settings.dsr,
+            policy=lambda: self.policy,
+            worker_id=f"{socket.gethostname()}:{os.getpid()}"[:64],
+            failpoints=self.settings.mode != "production",
+        )
+        self.dsr = DsrService(
+            regions=self.regions,
+            keys=self.keys,
+            records=self.records,
+            clock=self.clock,
+            policy=lambda: self.policy,
+            settings=self.settings.dsr,
+            cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
+            wake=self.dsr_jobs.wake,
+        )
         self.policy_store = PolicyStore(self.control, self.clock)
         self.policy_watcher = PolicyWatcher(
             self.policy_store,
@@ -127,7 +153,19 @@ class State:
         except RegionUnavailable:
             log.warning("policy_store_unavailable", detail="running the policy files as loaded")
 
+    @property
+    def runs_jobs_in_process(self) -> bool:
+        """Whether this process runs data subjects' requests itself (see DsrSettings)."""
+        if self.settings.dsr.in_process is not None:
+            return self.settings.dsr.in_process
+        urls = [
+            self.control.engine.url,
+            *(self.regions.get(r).engine.url for r in self.regions.names),
+        ]
+        return all(url.get_backend_name() == "sqlite" for url in urls)
+
     def close(self) -> None:
+        self.dsr_jobs.stop()
         self.policy_watcher.stop()
         self.audit.close()
         self.keys.close()

@@ -93,6 +93,22 @@ class FieldSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionRule:
+    """Records the law requires to be kept, even when a data subject asks for erasure.
+
+    A record of the entity whose `field` holds one of `values` is retained for
+    `years`; erasure keeps it, pseudonymised (its personal fields cleared, its links
+    to the person left pointing at the person's erased shell), and says why.
+    """
+
+    code: str  # a short code for results and certificates, e.g. "commercial-record"
+    reason: str  # the legal basis, for people
+    field: str
+    values: tuple[str, ...]
+    years: int
+
+
+@dataclass(frozen=True, slots=True)
 class EntitySpec:
     """One CRM entity: its API name, id prefix, table and fields (in API order)."""
 
@@ -108,6 +124,7 @@ class EntitySpec:
     # that is set (the person an activity or case is about), else the record itself.
     # Erasing that person then shreds these fields too.
     key_subject_from: tuple[str, ...] = ()
+    retention: tuple[RetentionRule, ...] = ()
     _by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -429,6 +446,16 @@ OPPORTUNITIES = EntitySpec(
     singular="opportunity",
     prefix="opp",
     description="Potential deals with an account.",
+    retention=(
+        RetentionRule(
+            code="commercial-record",
+            reason="won deals are commercial records to be kept 10 years "
+            "(e.g. HGB §257, GDPR Art. 17(3)(b))",
+            field="stage",
+            values=("closed_won",),
+            years=10,
+        ),
+    ),
     fields=(
         FieldSpec("name", "string", "Deal name.", required=True, max_length=200),
         FieldSpec("account_id", "ref", "Account the deal is with.", required=True, ref="accounts"),

@@ -38,6 +38,7 @@ from bastion.crypto.keyring import Keyring
 from bastion.errors import (
     Conflict,
     FieldError,
+    Gone,
     NotFound,
     PreconditionFailed,
     ResidencyViolation,
@@ -138,6 +139,11 @@ class Pipeline:
             return None
         values = dict(row._mapping)
         check_region(values, database)
+        if values.get("erased_at") is not None:
+            raise Gone(
+                f"the {spec.singular} was erased at its data subject's request; "
+                "only a pseudonymous shell remains"
+            )
         return values
 
     def insert(

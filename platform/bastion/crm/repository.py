@@ -97,6 +97,8 @@ def exists(
 ) -> bool:
     table = ENTITY_TABLES[spec.name]
     query = select(table.c.id).where(table.c.id == record_id)
+    if "erased_at" in table.c:
+        query = query.where(table.c.erased_at.is_(None))
     if scope is not None:
         query = query.where(scope)
     return conn.execute(query).first() is not None
@@ -126,6 +128,10 @@ def list_records(
     conditions: list[ColumnElement[bool]] = [
         table.c[name] == value for name, value in filters.items()
     ]
+    if "erased_at" in table.c:
+        # An erased person's shell is kept for the records that must link to it, but
+        # is no longer a contact or lead anyone lists.
+        conditions.append(table.c.erased_at.is_(None))
     if scope is not None:
         conditions.append(scope)
 

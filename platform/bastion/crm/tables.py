@@ -89,6 +89,10 @@ def _entity_table(spec: EntitySpec) -> Table:
                 index=field.type == "ref" or field.name in _INDEXED,
             )
         )
+    if spec.data_subject:
+        # Set when the person was erased: the row stays as a shell without personal
+        # data, so records kept under a legal hold or retention rule still link to it.
+        columns.append(Column("erased_at", UTCDateTime(), nullable=True))
     return Table(
         spec.table_name,
         region_metadata,

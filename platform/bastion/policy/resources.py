@@ -21,8 +21,11 @@ SYSTEM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "policy": ("read", "reload"),
     # List, issue and revoke API tokens.
     "tokens": ("read", "create", "revoke"),
-    # Data subjects' requests.
+    # Data subjects' requests: approve also covers verifying identity, rejecting and
+    # extending the deadline; download covers export packages and certificates.
     "dsr": ("read", "list", "create", "approve", "download", "cancel"),
+    # Legal holds that keep records through an erasure.
+    "legal_holds": ("read", "create", "release"),
 }
 
 

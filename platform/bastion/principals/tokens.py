@@ -182,6 +182,23 @@ class TokenService:
             teams=tuple(row.teams),
         )
 
+    def principal(self, name: str) -> Principal:
+        """The principal called `name` (for CLI commands that act as a person);
+        `NotFound` if there is none, `Unauthenticated` if it is disabled."""
+        with self._control.transaction() as conn:
+            row = conn.execute(select(principals).where(principals.c.name == name)).one_or_none()
+        if row is None:
+            raise NotFound(f"no principal is called {name!r}")
+        if row.disabled:
+            raise Unauthenticated(f"principal {name!r} is disabled")
+        return Principal(
+            id=row.id,
+            name=row.name,
+            roles=frozenset(row.roles),
+            regions=tuple(r for r in row.regions if r in self._known_regions),
+            teams=tuple(row.teams),
+        )
+
     def list(self) -> list[TokenInfo]:
         with self._control.transaction() as conn:
             rows = conn.execute(

@@ -29,6 +29,7 @@ DEFAULT_ROLES = {
     "compliance_officer",
     "auditor",
     "security_admin",
+    "dsr_processor",  # what jobs of data subjects' requests act as
 }
 
 

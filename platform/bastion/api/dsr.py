@@ -1,0 +1,199 @@
+"""`/v1/dsr` (data subjects' requests) and `/v1/legal-holds`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from bastion.api.auth import caller_of, state_of
+from bastion.api.problems import JSON
+from bastion.api.records import json_object
+from bastion.dsr.certificate import as_text
+from bastion.errors import BadRequest, FieldError, ValidationFailed
+
+_LIST_PARAMS = frozenset({"region", "status", "overdue", "due_within_days", "limit", "cursor"})
+_STATUSES = frozenset(
+    {
+        "received",
+        "verified",
+        "approved",
+        "running",
+        "completed",
+        "partially_completed",
+        "failed",
+        "rejected",
+        "cancelled",
+    }
+)
+
+
+async def collection(request: Request) -> Response:
+    caller = await caller_of(request)
+    service = state_of(request).dsr
+    if request.method == "POST":
+        body = await json_object(request)
+        created = await run_in_threadpool(service.create, caller, body)
+        return JSON(created, status_code=201, headers={"Location": f"/v1/dsr/{created['id']}"})
+    params = _params(request, _LIST_PARAMS)
+    status = params.get("status")
+    if status is not None and status not in _STATUSES:
+        raise _invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+    page = await run_in_threadpool(
+        service.list,
+        caller,
+        region=params.get("region"),
+        status=status,
+        overdue=_flag(params, "overdue"),
+        due_within_days=_integer(params, "due_within_days", 1, 365),
+        limit=_integer(params, "limit", 1, 200) or 50,
+        cursor=params.get("cursor"),
+    )
+    return JSON(page)
+
+
+async def item(request: Request) -> Response:
+    caller = await caller_of(request)
+    record = await run_in_threadpool(
+        state_of(request).dsr.get, caller, request.path_params["request_id"]
+    )
+    return JSON(record)
+
+
+_BODIES = {"verify": {"method"}, "reject": {"reason"}, "extend": {"reason"}}
+
+
+def _action(verb: str) -> Any:
+    """The endpoint of one state change: verify, approve, reject, extend, cancel."""
+
+    async def endpoint(request: Request) -> Response:
+        caller = await caller_of(request)
+        service = state_of(request).dsr
+        request_id = request.path_params["request_id"]
+        body = await json_object(request) if await request.body() else {}
+        unknown = sorted(set(body) - _BODIES.get(verb, set()))
+        if unknown:
+            raise ValidationFailed(
+                f"invalid {verb} request",
+                [FieldError(n, f"is not a field of {verb}") for n in unknown],
+            )
+        calls: dict[str, Any] = {
+            "verify": lambda: service.verify_identity(caller, request_id, body.get("method")),
+            "approve": lambda: service.approve(caller, request_id),
+            "reject": lambda: service.reject(caller, request_id, body.get("reason")),
+            "extend": lambda: service.extend(caller, request_id, body.get("reason")),
+            "cancel": lambda: service.cancel(caller, request_id),
+        }
+        return JSON(await run_in_threadpool(calls[verb]))
+
+    return endpoint
+
+
+async def preview(request: Request) -> Response:
+    caller = await caller_of(request)
+    result = await run_in_threadpool(
+        state_of(request).dsr.preview, caller, request.path_params["request_id"]
+    )
+    return JSON(result)
+
+
+async def package(request: Request) -> Response:
+    caller = await caller_of(request)
+    request_id = request.path_params["request_id"]
+    data, digest = await run_in_threadpool(state_of(request).dsr.package, caller, request_id)
+    return Response(
+        data,
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{request_id}.zip"',
+            "Digest": f"sha-256={digest}",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def certificate(request: Request) -> Response:
+    caller = await caller_of(request)
+    document = await run_in_threadpool(
+        state_of(request).dsr.certificate, caller, request.path_params["request_id"]
+    )
+    if request.query_params.get("format") == "text":
+        return PlainTextResponse(as_text(document["certificate"]))
+    return JSON(document)
+
+
+async def holds(request: Request) -> Response:
+    caller = await caller_of(request)
+    service = state_of(request).dsr
+    if request.method == "POST":
+        body = await json_object(request)
+        created = await run_in_threadpool(service.create_hold, caller, body)
+        return JSON(
+            created, status_code=201, headers={"Location": f"/v1/legal-holds/{created['id']}"}
+        )
+    params = _params(request, frozenset({"region", "target_id", "active"}))
+    result = await run_in_threadpool(
+        service.list_holds,
+        caller,
+        region=params.get("region"),
+        target_id=params.get("target_id"),
+        active=_flag(params, "active"),
+    )
+    return JSON(result)
+
+
+async def hold(request: Request) -> Response:
+    caller = await caller_of(request)
+    released = await run_in_threadpool(
+        state_of(request).dsr.release_hold, caller, request.path_params["hold_id"]
+    )
+    return JSON(released)
+
+
+def _params(request: Request, known: frozenset[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name not in known:
+            raise _invalid(name, "is not a parameter of this list")
+        if name in params:
+            raise BadRequest(f"the query parameter {name!r} is given more than once")
+        params[name] = value
+    return params
+
+
+def _flag(params: dict[str, str], name: str) -> bool:
+    value = params.get(name, "false")
+    if value not in ("true", "false"):
+        raise _invalid(name, "must be true or false")
+    return value == "true"
+
+
+def _integer(params: dict[str, str], name: str, low: int, high: int) -> int | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise _invalid(name, f"must be an integer from {low} to {high}")
+    return int(value)
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed("invalid request", [FieldError(field, message)])
+
+
+routes = [
+    Route("/v1/dsr", collection, methods=["GET", "POST"]),
+    Route("/v1/dsr/{request_id}", item, methods=["GET"]),
+    Route("/v1/dsr/{request_id}/preview", preview, methods=["GET"]),
+    Route("/v1/dsr/{request_id}/package", package, methods=["GET"]),
+    Route("/v1/dsr/{request_id}/certificate", certificate, methods=["GET"]),
+    *(
+        Route(f"/v1/dsr/{{request_id}}/{verb}", _action(verb), methods=["POST"])
+        for verb in ("verify", "approve", "reject", "extend", "cancel")
+    ),
+    Route("/v1/legal-holds", holds, methods=["GET", "POST"]),
+    Route("/v1/legal-holds/{hold_id}", hold, methods=["DELETE"]),
+]

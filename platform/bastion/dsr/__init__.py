@@ -1,0 +1,1 @@
+"""Data subjects' requests: access, export, erasure and rectification as resumable jobs."""

@@ -1,0 +1,116 @@
+"""Erasure certificates: what was erased and kept, when, under which policy, signed.
+
+The body is canonical JSON (sorted keys, no floats, UTF-8) holding ids, entity
+names, counts, reason codes and times — never a value. It is signed with the
+region's audit checkpoint key (Ed25519, kept outside the databases), so anyone
+with the region's published verifier key (`bastion audit public-key`) can check
+it, and it names the audit chain head at the moment of issue, tying the
+certificate to the tamper-evident log. `bastion dsr verify-certificate FILE`
+checks a certificate file; changing any byte of the body breaks the signature.
+
+A certificate file is JSON: `{"certificate": <body>, "signature": {"key_id":
+<hex>, "value": <base64>, "algorithm": "ed25519"}}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bastion.audit.keys import SigningKey
+from bastion.errors import ValidationFailed
+
+FORMAT = "bastion-erasure-certificate-v1"
+
+
+class CertificateInvalid(ValidationFailed):
+    slug = "certificate-invalid"
+    title = "Certificate invalid"
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(body: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+    """The certificate document for `body`, signed with `key`."""
+    return {
+        "certificate": dict(body),
+        "signature": {
+            "algorithm": "ed25519",
+            "key_id": key.key_id.hex(),
+            "value": base64.b64encode(key.sign(canonical(body))).decode(),
+        },
+    }
+
+
+def verify(document: Any, verifiers: Mapping[bytes, Ed25519PublicKey]) -> dict[str, Any]:
+    """The certificate body, if `document` is one signed by one of `verifiers`.
+
+    Raises `CertificateInvalid` naming what is wrong (malformed, unknown key,
+    signature does not match the body).
+    """
+    if not isinstance(document, dict) or set(document) != {"certificate", "signature"}:
+        raise CertificateInvalid("not a certificate document (certificate + signature)")
+    body, signature = document["certificate"], document["signature"]
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise CertificateInvalid(f"the certificate body is not in the {FORMAT} format")
+    if not isinstance(signature, dict) or signature.get("algorithm") != "ed25519":
+        raise CertificateInvalid("the signature is not an ed25519 signature")
+    try:
+        key_id = bytes.fromhex(str(signature.get("key_id")))
+        value = base64.b64decode(str(signature.get("value")), validate=True)
+    except (ValueError, binascii.Error):
+        raise CertificateInvalid("the signature is malformed") from None
+    key = verifiers.get(key_id)
+    if key is None:
+        raise CertificateInvalid("the certificate is signed by a key this region does not know")
+    try:
+        key.verify(value, canonical(body))
+    except InvalidSignature:
+        raise CertificateInvalid(
+            "the signature does not match the certificate: it was altered or forged"
+        ) from None
+    return body
+
+
+def as_text(body: Mapping[str, Any]) -> str:
+    """The certificate for people (the JSON document is the one that verifies)."""
+    lines = [
+        "ERASURE CERTIFICATE",
+        "",
+        f"Request:          {body['request_id']} ({body['regime'].upper()}, "
+        f"region {body['region']})",
+        f"Data subject(s):  {', '.join(body['subject_ids'])}",
+        f"Received:         {body['received_at']}",
+        f"Approved by:      {body['approved_by']}",
+        f"Completed:        {body['completed_at']}",
+        f"Policy version:   {body['policy_version']}",
+        f"Audit log:        chain {body['audit']['chain']} at entry {body['audit']['head_seq']} "
+        f"(head {body['audit']['head_hash'][:16]}…)",
+        "",
+        "Erased:",
+    ]
+    for entity, ids in sorted(body["erased"].items()):
+        lines.append(f"  {entity}: {len(ids)} record(s)")
+    lines.append(f"  data keys destroyed: {body['keys_destroyed']}")
+    lines.append(f"  search indexes cleared: {body['indexes_cleared']}")
+    lines.append("")
+    if body["kept"]:
+        lines.append("Kept, and why:")
+        for kept in body["kept"]:
+            lines.append(f"  {kept['entity']} {kept['record_id']}: {kept['reason']}")
+    else:
+        lines.append("Nothing was kept.")
+    lines += [
+        "",
+        "This certificate holds no personal data; verify it with",
+        "  bastion dsr verify-certificate <file>",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,191 @@
+"""SQL for data subjects' requests, legal holds, packages and certificates."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, delete, insert, or_, select, update
+
+from bastion.dsr.model import RUNNABLE
+from bastion.dsr.tables import dsr_certificates, dsr_packages, dsr_requests, dsr_steps, legal_holds
+
+
+def insert_request(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(insert(dsr_requests).values(**values))
+
+
+def fetch_request(
+    conn: Connection, request_id: str, *, lock: bool = False
+) -> dict[str, Any] | None:
+    query = select(dsr_requests).where(dsr_requests.c.id == request_id)
+    if lock and conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    row = conn.execute(query).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+def update_request(conn: Connection, request_id: str, **values: Any) -> None:
+    conn.execute(update(dsr_requests).where(dsr_requests.c.id == request_id).values(**values))
+
+
+def open_requests_for(
+    conn: Connection, subject_ids: Sequence[str], request_type: str, open_statuses: Sequence[str]
+) -> list[str]:
+    """Open requests of this type whose subjects overlap `subject_ids` (few per person)."""
+    rows = conn.execute(
+        select(dsr_requests.c.id, dsr_requests.c.subject_ids).where(
+            dsr_requests.c.type == request_type, dsr_requests.c.status.in_(list(open_statuses))
+        )
+    ).all()
+    wanted = set(subject_ids)
+    return [str(r.id) for r in rows if wanted & set(r.subject_ids or [])]
+
+
+def list_requests(
+    conn: Connection,
+    *,
+    statuses: Sequence[str] | None,
+    due_before: datetime | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Requests by deadline (soonest first), keyset-paginated on (due_at, id)."""
+    conditions: list[ColumnElement[bool]] = []
+    if statuses:
+        conditions.append(dsr_requests.c.status.in_(list(statuses)))
+    if due_before is not None:
+        conditions.append(dsr_requests.c.due_at < due_before)
+    if after is not None:
+        due, last = after
+        conditions.append(
+            or_(
+                dsr_requests.c.due_at > due,
+                and_(dsr_requests.c.due_at == due, dsr_requests.c.id > last),
+            )
+        )
+    query = (
+        select(dsr_requests)
+        .where(*conditions)
+        .order_by(dsr_requests.c.due_at, dsr_requests.c.id)
+        .limit(limit)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def claim(conn: Connection, now: datetime, worker: str, lease_until: datetime) -> str | None:
+    """Take one runnable request whose lease is free; None if there is none.
+
+    PostgreSQL: `FOR UPDATE SKIP LOCKED`, so workers never wait on each other and
+    never take the same request. SQLite: the write transaction is the lock.
+    """
+    query = (
+        select(dsr_requests.c.id)
+        .where(
+            dsr_requests.c.status.in_(sorted(RUNNABLE)),
+            or_(dsr_requests.c.lease_expires_at.is_(None), dsr_requests.c.lease_expires_at < now),
+        )
+        .order_by(dsr_requests.c.due_at, dsr_requests.c.id)
+        .limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    request_id = conn.execute(query).scalar_one_or_none()
+    if request_id is None:
+        return None
+    conn.execute(
+        update(dsr_requests)
+        .where(dsr_requests.c.id == request_id)
+        .values(lease_owner=worker, lease_expires_at=lease_until)
+    )
+    return str(request_id)
+
+
+def done_steps(conn: Connection, request_id: str) -> dict[str, dict[str, Any]]:
+    rows = conn.execute(select(dsr_steps).where(dsr_steps.c.request_id == request_id))
+    return {row.step: dict(row.details) for row in rows}
+
+
+def complete_step(
+    conn: Connection, request_id: str, step: str, now: datetime, details: Mapping[str, Any]
+) -> None:
+    conn.execute(
+        insert(dsr_steps).values(
+            request_id=request_id, step=step, completed_at=now, details=dict(details)
+        )
+    )
+
+
+# -- packages and certificates -------------------------------------------------------
+
+
+def store_package(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(delete(dsr_packages).where(dsr_packages.c.request_id == values["request_id"]))
+    conn.execute(insert(dsr_packages).values(**values))
+
+
+def fetch_package(conn: Connection, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(dsr_packages).where(dsr_packages.c.request_id == request_id)
+    ).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+def expired_packages(conn: Connection, now: datetime) -> list[str]:
+    return [
+        str(r)
+        for r in conn.execute(
+            select(dsr_packages.c.request_id).where(dsr_packages.c.expires_at <= now)
+        ).scalars()
+    ]
+
+
+def delete_package(conn: Connection, request_id: str) -> None:
+    conn.execute(delete(dsr_packages).where(dsr_packages.c.request_id == request_id))
+
+
+def store_certificate(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(insert(dsr_certificates).values(**values))
+
+
+def fetch_certificate(conn: Connection, request_id: str) -> dict[str, Any] | None:
+    row = conn.execute(
+        select(dsr_certificates).where(dsr_certificates.c.request_id == request_id)
+    ).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+# -- legal holds -----------------------------------------------------------------------
+
+
+def insert_hold(conn: Connection, values: Mapping[str, Any]) -> None:
+    conn.execute(insert(legal_holds).values(**values))
+
+
+def fetch_hold(conn: Connection, hold_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(legal_holds).where(legal_holds.c.id == hold_id)).one_or_none()
+    return None if row is None else dict(row._mapping)
+
+
+def list_holds(
+    conn: Connection, *, target_id: str | None, active_at: datetime | None, limit: int
+) -> list[dict[str, Any]]:
+    query = select(legal_holds)
+    if target_id is not None:
+        query = query.where(legal_holds.c.target_id == target_id)
+    if active_at is not None:
+        query = query.where(
+            legal_holds.c.released_at.is_(None),
+            or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > active_at),
+        )
+    query = query.order_by(legal_holds.c.created_at.desc(), legal_holds.c.id).limit(limit)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def release_hold(conn: Connection, hold_id: str, now: datetime, by: str) -> None:
+    conn.execute(
+        update(legal_holds)
+        .where(legal_holds.c.id == hold_id)
+        .values(released_at=now, released_by=by)
+    )
