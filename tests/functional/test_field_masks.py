@@ -313,3 +313,32 @@ def test_support_reads_a_case_description_only_while_the_case_is_open(
     assert rewritten.status_code == 200, rewritten.text
     assert "description" not in rewritten.json()
     assert client.get(url, headers=admin).json()["description"] == "redacted"
+
+
+def test_support_may_close_a_case_but_not_reopen_it_to_read_the_description(
+    client: TestClient, state: State, admin: dict[str, str]
+) -> None:
+    support = caller(state, "support_agent", name="sup")
+    account = create(client, "accounts", {"name": "A"}, admin)["id"]
+    body = {"subject": "s", "status": "open", "account_id": account, "description": "secret"}
+    url = f"/v1/cases/{create(client, 'cases', body, admin)['id']}"
+    closed = client.patch(
+        url, json={"status": "resolved"}, headers={**support.headers, "If-Match": '"v1"'}
+    )
+    assert closed.status_code == 200, closed.text
+    assert "description" not in closed.json()
+    for status in ("open", "pending", None):
+        reopened = client.patch(
+            url, json={"status": status}, headers={**support.headers, "If-Match": '"v2"'}
+        )
+        assert _names(_forbidden(reopened), "status"), status
+        assert "secret" not in reopened.text
+    stored = client.get(url, headers=admin).json()
+    assert (stored["status"], stored["version"], stored["description"]) == ("resolved", 2, "secret")
+    # Whoever may reopen it (an admin) still can; support then reads it again.
+    reopened = client.patch(url, json={"status": "open"}, headers={**admin, "If-Match": '"v2"'})
+    assert reopened.status_code == 200
+    assert client.get(url, headers=support.headers).json()["description"] == "secret"
+    # A new case may be created closed: there is no "before" to reopen.
+    created = create(client, "cases", {**body, "status": "closed"}, support.headers)
+    assert "description" not in created

@@ -61,12 +61,19 @@ class Access:
             scope, ENTITY_TABLES[spec.name], self.principal.id, self.principal.teams
         )
 
-    def facts(self, spec: EntitySpec, values: Mapping[str, Any]) -> RecordFacts:
-        """A record as conditions and scopes see it, for this principal."""
+    def facts(
+        self,
+        spec: EntitySpec,
+        values: Mapping[str, Any],
+        previous: Mapping[str, Any] | None = None,
+    ) -> RecordFacts:
+        """A record as conditions and scopes see it, for this principal; `previous`
+        is the record before a write (what `old.` clauses test; `{}` for a new one)."""
         return RecordFacts(
             spec.name,
             typed_values(values),
             classify(values, self.principal.id, self.principal.teams),
+            None if previous is None else typed_values(previous),
         )
 
     def require_in_scope(
@@ -106,17 +113,23 @@ class Access:
         names: Iterable[str],
         proposed: Mapping[str, Any] | None = None,
         *,
+        previous: Mapping[str, Any] | None = None,
         label: str = "",
     ) -> None:
         """Refuse a write naming fields the caller may not write (all named at once).
 
         Without `proposed`, conditional fields count as writable (their conditions
         are checked once the values are known, by calling again with `proposed`:
-        the record as it would be after the write).
+        the record as it would be after the write, and `previous`: as it was before,
+        `{}` for a new record).
         """
         mask = self.mask(region, spec, "write")
         names = set(names)
-        allowed = mask.possible if proposed is None else mask.permitted(self.facts(spec, proposed))
+        allowed = (
+            mask.possible
+            if proposed is None
+            else mask.permitted(self.facts(spec, proposed, {} if previous is None else previous))
+        )
         refused = sorted(names - allowed)
         if refused:
             shown = [f"{label}{name}" for name in refused]

@@ -410,7 +410,9 @@ class RecordService(Pipeline):
                 if "custom" in changes:
                     changes["custom"] = _merge_custom(stored["custom"], changes["custom"])
                 proposed = {**stored, **changes}
-                access.require_writable(rid.region, spec, named, proposed=proposed)
+                access.require_writable(
+                    rid.region, spec, named, proposed=proposed, previous=stored
+                )
                 access.require_in_scope(scope, spec, proposed, "update")
                 check_required_links(spec, proposed)
                 self.check_refs(conn, access, spec, rid.region, changes)

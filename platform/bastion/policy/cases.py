@@ -28,6 +28,8 @@ matrix:
         actions: [read, list, create, update]   # exactly these are allowed
         scope: {read: region}                   # optional
         record: {status: open}                  # field values for conditions
+                                                # (cases may also give `old.status`:
+                                                # the record before a write)
         read: all | none | [f, ...] | {all_but: [f, ...]}
         write: all | none | [f, ...] | {all_but: [f, ...]}
 ```
@@ -268,6 +270,10 @@ def _matrix(path: Path, index: int, raw: Any) -> Iterator[Check]:
         at = f"{where}.{entity}"
         spec = _mapping(spec_raw or {}, at, {"actions", "scope", "record", "read", "write"})
         record = {**base, **_mapping(spec.get("record") or {}, at, None)}
+        if any(str(key).startswith("old.") for key in record):
+            # A matrix describes one stored record (the HTTP matrix test creates it);
+            # a write's before/after pair belongs in a case.
+            raise CaseError(f"{at}: record: old. values belong in cases, not the matrix")
         facts, owner, team = _facts(entity, record, at)
 
         def check(kind: CheckKind, name: str, expected: bool | str) -> Check:

@@ -6,7 +6,8 @@ A `p2` line may carry a condition on the record it is about, e.g.
     p2, support_agent, *, cases.description, read, status not in resolved|closed, allow
 
 The language is deliberately tiny and parsed here, never evaluated as code: one or
-more clauses `field op value` joined by ` and `, where `op` is one of
+more clauses `field op value` joined by ` and `, where `field` may be prefixed with
+`old.` to test the record as it was before the write, and `op` is one of
 `== != < <= > >= in` or `not in`, and `value` is a number, a bare word, `null`, or
 for `in`/`not in` a `|`-separated list. Values are typed by the field's catalog type
 (numbers compare as exact decimals, dates as dates), so `amount < 100000` compares
@@ -14,7 +15,11 @@ money exactly. A clause about a field the record does not set (null) is false,
 except `!=` and `not in`, which are true; `== null` and `!= null` test for absence.
 
 Read rules are evaluated against the stored record; write rules against the record
-as it would be after the write (so `amount < 100000` limits the new amount).
+as it would be after the write (so `amount < 100000` limits the new amount), and
+`old.field` against the record before it (so `old.status not in closed` lets a
+role change a status while the case is open, but not reopen a closed case — which
+would otherwise unlock what a read condition on `status` keeps from it). For reads,
+`old.` fields are those of the stored record; for a new record they are absent (null).
 
 Both Bastion's compiled index and Casbin's own matcher (through `condition_holds`,
 registered as `conditionHolds`) evaluate conditions with this one implementation,
@@ -40,7 +45,9 @@ WHOLE_REGION = frozenset({"all", "region"})
 
 Operator = Literal["==", "!=", "<", "<=", ">", ">=", "in", "not in"]
 _CLAUSE_RE = re.compile(
-    r"\s*([a-z][a-z0-9_]{0,62})\s*(==|!=|<=|>=|<|>|\bnot in\b|\bin\b)\s*([A-Za-z0-9_.:|+-]+)\s*"
+    r"\s*((?:old\.)?[a-z][a-z0-9_]{0,62})"
+    r"\s*(==|!=|<=|>=|<|>|\bnot in\b|\bin\b)"
+    r"\s*([A-Za-z0-9_.:|+-]+)\s*"
 )
 _NUMBER_RE = re.compile(r"-?[0-9]{1,18}(\.[0-9]{1,6})?")
 _WORD_RE = re.compile(r"[A-Za-z0-9_.:+-]{1,100}")
@@ -68,6 +75,8 @@ class RecordFacts:
     entity: str
     values: Mapping[str, Any] = field(default_factory=dict)
     scopes: frozenset[str] = frozenset()
+    # For writes: the record before the write (`old.` clauses); None means `values`.
+    previous: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +84,7 @@ class Clause:
     field: str
     op: Operator
     value: Any  # typed; a frozenset for in / not in; None for null
+    old: bool = False  # `old.field`: the record before the write
 
     def holds(self, values: Mapping[str, Any]) -> bool:
         actual = values.get(self.field)
@@ -108,7 +118,8 @@ class Condition:
     clauses: tuple[Clause, ...]
 
     def holds(self, facts: RecordFacts) -> bool:
-        return all(clause.holds(facts.values) for clause in self.clauses)
+        before = facts.values if facts.previous is None else facts.previous
+        return all(clause.holds(before if clause.old else facts.values) for clause in self.clauses)
 
     @property
     def fields(self) -> frozenset[str]:
@@ -138,6 +149,8 @@ def _parse(text: str, entity: str) -> Condition:
         if match is None:
             raise ConditionError(f"cannot read the clause {part!r}; write `field op value`")
         name, op, raw = match.groups()
+        old = name.startswith("old.")
+        name = name.removeprefix("old.")
         field_spec = spec.field(name)
         if field_spec is None or name in SYSTEM_FIELDS:
             raise ConditionError(f"{entity} has no field {name!r} to test")
@@ -158,7 +171,7 @@ def _parse(text: str, entity: str) -> Condition:
             value = _typed(field_spec, raw)
             if value is None and op not in ("==", "!="):
                 raise ConditionError("null can only be tested with == or !=")
-        clauses.append(Clause(name, op, value))  # type: ignore[arg-type]
+        clauses.append(Clause(name, op, value, old))  # type: ignore[arg-type]
     return Condition(text, tuple(clauses))
 
 
@@ -214,20 +227,25 @@ def record_facts(
     if owner not in ("self", "other") or team not in ("mine", "other"):
         raise ConditionError("owner is self or other; team is mine or other")
     values: dict[str, Any] = {}
-    for name, raw in attributes.items():
+    previous: dict[str, Any] = {}
+    for key, raw in attributes.items():
+        name = key.removeprefix("old.")
+        target = previous if key.startswith("old.") else values
         field_spec = spec.field(name) if spec is not None else None
         if field_spec is None or name in SYSTEM_FIELDS:
             raise ConditionError(f"{entity} has no field {name!r}")
         if raw is None:
-            values[name] = None
+            target[name] = None
         elif isinstance(raw, bool):
-            values[name] = raw
+            target[name] = raw
         elif isinstance(raw, int | float | Decimal | str):
-            values[name] = _typed(field_spec, str(raw))
+            target[name] = _typed(field_spec, str(raw))
         else:
             raise ConditionError(f"{name} must be a number, text, true/false or null")
     scopes = {s for s, on in (("own", owner == "self"), ("team", team == "mine")) if on}
-    return RecordFacts(entity, values, frozenset(scopes))
+    return RecordFacts(
+        entity, values, frozenset(scopes), {**values, **previous} if previous else None
+    )
 
 
 def scope_covers(scope: str, facts: RecordFacts) -> bool:

@@ -14,6 +14,8 @@ warnings:
   shadowed-by-deny          an allow that an unconditional deny of the same role always beats
   wildcard-sensitive        a wildcard, class or category grant that reaches sensitive fields
   write-without-read        create/update on an entity, or write on a field, without read
+  self-unlocking-read       a read condition on a field the same role may change without
+                            an `old.` guard (it could rewrite the field to unlock the read)
   duplicate                 the same rule twice
 
 A warning can be acknowledged where it is intended, with a comment on the line
@@ -74,6 +76,7 @@ def lint(policy: Policy) -> list[Finding]:
         *_shadowed(policy),
         *_wildcard_sensitive(policy),
         *_write_without_read(policy),
+        *_self_unlocking_reads(policy),
         *_duplicates(policy),
     ]
     kept = [
@@ -333,6 +336,55 @@ def _write_without_read(policy: Policy) -> list[Finding]:
     for finding in findings:
         unique.setdefault(finding.message.rsplit(" in ", 1)[0], finding)
     return list(unique.values())
+
+
+def _self_unlocking_reads(policy: Policy) -> list[Finding]:
+    """A read allowed only while `status not in closed` is no limit on a role that may
+    set status back to open: its write of `status` must test `old.status` as well."""
+    findings: list[Finding] = []
+    for rule in policy.parsed.field_rules:
+        if rule.effect != "allow" or rule.action == "write" or rule.condition is None:
+            continue
+        entity = next(iter(rule.fields))[0]
+        tested = sorted({c.field for c in rule.condition.clauses if not c.old})
+        regions = policy.regions if rule.region == WILDCARD else (rule.region,)
+        unguarded = sorted(
+            {
+                (holder, name)
+                for holder in _roles_granted(policy, rule.role)
+                for region in regions
+                for name in tested
+                if _unguarded_write(policy, holder, region, entity, name)
+            }
+        )
+        findings.extend(
+            Finding(
+                "warning",
+                "self-unlocking-read",
+                f"{holder} may change {entity}.{name}, which this read depends on, without "
+                f"an `old.{name}` condition: it could rewrite {name} to unlock the read",
+                rule.line,
+            )
+            for holder, name in unguarded
+        )
+    return findings
+
+
+def _unguarded_write(policy: Policy, role: str, region: str, entity: str, name: str) -> bool:
+    """Whether `role` may write `entity.name` under some rule that does not test `old.name`."""
+    if name not in policy.mask(frozenset({role}), region, entity, "write").possible:
+        return False
+    implied = policy.implied_roles.get(role, frozenset({role}))
+    return any(
+        rule.effect == "allow"
+        and rule.role in implied
+        and rule.matches(region, (entity, name), "write")
+        and not (
+            rule.condition is not None
+            and any(c.old and c.field == name for c in rule.condition.clauses)
+        )
+        for rule in policy.parsed.field_rules
+    )
 
 
 def _duplicates(policy: Policy) -> list[Finding]:

@@ -103,6 +103,34 @@ def test_amount_comparisons_match_python_decimals(amount: Decimal, limit: Decima
     assert holds(text, "opportunities", amount=amount) == (amount <= limit)
 
 
+def test_old_clauses_test_the_record_before_the_write() -> None:
+    condition = parse_condition("old.status not in resolved|closed", "cases")
+    assert condition is not None
+    assert condition.fields == frozenset({"status"})
+    closing = RecordFacts("cases", {"status": "closed"}, previous={"status": "open"})
+    reopening = RecordFacts("cases", {"status": "open"}, previous={"status": "closed"})
+    created = RecordFacts("cases", {"status": "closed"}, previous={})
+    for facts, expected in ((closing, True), (reopening, False), (created, True)):
+        assert condition.holds(facts) is expected
+        assert condition_holds(condition.text, facts) is expected
+    # Reads have no "before": old. is the stored record itself.
+    assert not holds("old.status not in resolved|closed", "cases", status="closed")
+    both = "old.status == open and status == closed"
+    assert condition_holds(both, closing)
+    assert not condition_holds(both, reopening)
+
+
+def test_record_facts_take_old_values() -> None:
+    facts = record_facts("cases", {"old.status": "closed", "status": "open"})
+    assert facts.values == {"status": "open"}
+    assert facts.previous == {"status": "closed"}
+    assert record_facts("cases", {"status": "open"}).previous is None
+    with pytest.raises(ConditionError):
+        record_facts("cases", {"old.mood": "x"})
+    with pytest.raises(ConditionError):
+        parse_condition("old.mood == x", "cases")
+
+
 def test_scopes_cover_rows() -> None:
     own = RecordFacts("contacts", scopes=frozenset({"own"}))
     assert scope_covers("all", own)

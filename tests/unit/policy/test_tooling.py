@@ -72,6 +72,40 @@ def test_lint_finds(text: str, code: str) -> None:
     assert code in codes(text)
 
 
+_CASES = (
+    "p, agent, *, cases, read, all, allow\np, agent, *, cases, update, all, allow\n"
+    "p2, agent, *, cases.description, read, status != closed, allow\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("status_write", "warned"),
+    [
+        ("p2, agent, *, cases.status, *, , allow\n", True),
+        # A condition on the new value alone does not stop a reopening.
+        ("p2, agent, *, cases.status, write, status != closed, allow\n", True),
+        ("p2, agent, *, cases.status, read, , allow\n", False),
+        (
+            "p2, agent, *, cases.status, read, , allow\n"
+            "p2, agent, *, cases.status, write, old.status != closed, allow\n",
+            False,
+        ),
+    ],
+)
+def test_lint_warns_of_a_read_condition_the_role_may_rewrite(
+    status_write: str, warned: bool
+) -> None:
+    assert ("self-unlocking-read" in codes(_CASES + status_write)) is warned
+
+
+def test_self_unlocking_reads_are_found_through_inheritance() -> None:
+    text = _CASES + "p2, lead, *, cases.status, write, , allow\ng, lead, agent\n"
+    assert any(
+        f.code == "self-unlocking-read" and "lead may change cases.status" in f.message
+        for f in lint(policy_of(text))
+    )
+
+
 def test_a_lint_ok_comment_acknowledges_a_warning_on_the_next_line() -> None:
     text = (
         "p, r, *, contacts, read, all, allow\n"
