@@ -21,6 +21,8 @@ from bastion.config import Settings
 from bastion.crm.cursors import CursorCodec
 from bastion.crm.service import RecordService
 from bastion.crypto.keyring import Keyring, build_keyring
+from bastion.dsr.gate import Gate
+from bastion.dsr.holds import LegalHolds
 from bastion.dsr.jobs import DsrRunner
 from bastion.dsr.service import DsrService
 from bastion.errors import RegionUnavailable
@@ -99,15 +101,24 @@ class State:
             worker_id=f"{socket.gethostname()}:{os.getpid()}"[:64],
             failpoints=self.settings.mode != "production",
         )
+        gate = Gate(
+            regions=self.regions,
+            recorder=self.records.recorder,
+            clock=self.clock,
+            policy=lambda: self.policy,
+        )
         self.dsr = DsrService(
             regions=self.regions,
             keys=self.keys,
             records=self.records,
             clock=self.clock,
-            policy=lambda: self.policy,
+            gate=gate,
             settings=self.settings.dsr,
             cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
             wake=self.dsr_jobs.wake,
+        )
+        self.legal_holds = LegalHolds(
+            gate=gate, regions=self.regions, keys=self.keys, clock=self.clock
         )
         self.policy_store = PolicyStore(self.control, self.clock)
         self.policy_watcher = PolicyWatcher(

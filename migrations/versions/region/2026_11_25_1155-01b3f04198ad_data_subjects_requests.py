@@ -69,6 +69,11 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("rejection_reason", sa.String(length=500), nullable=True),
         sa.Column("corrections", sa.LargeBinary(), nullable=True),
+        sa.Column(
+            "correction_fields",
+            sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
+            nullable=True,
+        ),
         sa.Column("policy_version", sa.String(length=64), nullable=False),
         sa.Column("step", sa.String(length=32), nullable=True),
         sa.Column(

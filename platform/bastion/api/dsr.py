@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +16,7 @@ from bastion.api.records import json_object
 from bastion.dsr.certificate import as_text
 from bastion.errors import BadRequest, FieldError, ValidationFailed
 
+_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII only: str.isdigit accepts "²"
 _LIST_PARAMS = frozenset({"region", "status", "overdue", "due_within_days", "limit", "cursor"})
 _STATUSES = frozenset(
     {
@@ -127,16 +129,16 @@ async def certificate(request: Request) -> Response:
 
 async def holds(request: Request) -> Response:
     caller = await caller_of(request)
-    service = state_of(request).dsr
+    service = state_of(request).legal_holds
     if request.method == "POST":
         body = await json_object(request)
-        created = await run_in_threadpool(service.create_hold, caller, body)
+        created = await run_in_threadpool(service.create, caller, body)
         return JSON(
             created, status_code=201, headers={"Location": f"/v1/legal-holds/{created['id']}"}
         )
     params = _params(request, frozenset({"region", "target_id", "active"}))
     result = await run_in_threadpool(
-        service.list_holds,
+        service.list,
         caller,
         region=params.get("region"),
         target_id=params.get("target_id"),
@@ -148,7 +150,7 @@ async def holds(request: Request) -> Response:
 async def hold(request: Request) -> Response:
     caller = await caller_of(request)
     released = await run_in_threadpool(
-        state_of(request).dsr.release_hold, caller, request.path_params["hold_id"]
+        state_of(request).legal_holds.release, caller, request.path_params["hold_id"]
     )
     return JSON(released)
 
@@ -175,7 +177,7 @@ def _integer(params: dict[str, str], name: str, low: int, high: int) -> int | No
     value = params.get(name)
     if value is None:
         return None
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
         raise _invalid(name, f"must be an integer from {low} to {high}")
     return int(value)
 
@@ -197,3 +199,168 @@ routes = [
     Route("/v1/legal-holds", holds, methods=["GET", "POST"]),
     Route("/v1/legal-holds/{hold_id}", hold, methods=["DELETE"]),
 ]
+
+
+def _object_body(properties: dict[str, Any], *, required: list[str]) -> dict[str, Any]:
+    """A required JSON object body of exactly these properties."""
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": required,
+        "properties": properties,
+    }
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
+def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
+    """The `/v1/dsr` and `/v1/legal-holds` operations for the OpenAPI document."""
+    errors = {"401": problem, "403": problem, "404": problem, "422": problem}
+    request_id = [
+        {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    create_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": ["access", "export", "erasure", "rectification"]},
+            "regime": {"type": "string", "enum": ["gdpr", "ccpa"], "default": "gdpr"},
+            "subject_id": {"type": "string", "description": "A contact or lead id."},
+            "region": {"type": "string", "description": "Required with identifier."},
+            "identifier": {
+                "type": "object",
+                "description": "Find the subject through the blind indexes.",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "properties": {"email": {"type": "string"}, "phone": {"type": "string"}},
+                "additionalProperties": False,
+            },
+            "corrections": {"type": "object", "description": "Rectification: fields to correct."},
+        },
+    }
+
+    def change(summary: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        operation: dict[str, Any] = {
+            "summary": summary,
+            "tags": ["dsr"],
+            "parameters": request_id,
+            "responses": {"200": {"description": "The request."}, "409": problem, **errors},
+        }
+        if body is not None:
+            operation["requestBody"] = _object_body(body, required=list(body))
+        return {"post": {"operationId": f"dsr_{summary.split()[0].lower()}", **operation}}
+
+    text = {"type": "string", "maxLength": 500}
+    return {
+        "/v1/dsr": {
+            "get": {
+                "operationId": "dsr_list",
+                "summary": "Requests by deadline; overdue and due soon",
+                "tags": ["dsr"],
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}}
+                    for n in sorted(_LIST_PARAMS)
+                ],
+                "responses": {"200": {"description": "A page of requests."}, **errors},
+            },
+            "post": {
+                "operationId": "dsr_create",
+                "summary": "Record a data subject's request",
+                "tags": ["dsr"],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": create_schema}},
+                },
+                "responses": {"201": {"description": "The request."}, "409": problem, **errors},
+            },
+        },
+        "/v1/dsr/{request_id}": {
+            "get": {
+                "operationId": "dsr_get",
+                "tags": ["dsr"],
+                "parameters": request_id,
+                "responses": {"200": {"description": "The request."}, **errors},
+            }
+        },
+        "/v1/dsr/{request_id}/preview": {
+            "get": {
+                "operationId": "dsr_preview",
+                "summary": "Dry run: what would be exported or erased and kept",
+                "tags": ["dsr"],
+                "parameters": request_id,
+                "responses": {"200": {"description": "The preview."}, **errors},
+            }
+        },
+        "/v1/dsr/{request_id}/package": {
+            "get": {
+                "operationId": "dsr_package",
+                "summary": "The export package (zip)",
+                "tags": ["dsr"],
+                "parameters": request_id,
+                "responses": {
+                    "200": {"description": "The zip.", "content": {"application/zip": {}}},
+                    "409": problem,
+                    "410": problem,
+                    **errors,
+                },
+            }
+        },
+        "/v1/dsr/{request_id}/certificate": {
+            "get": {
+                "operationId": "dsr_certificate",
+                "summary": "The signed erasure certificate (?format=text for people)",
+                "tags": ["dsr"],
+                "parameters": request_id,
+                "responses": {"200": {"description": "The certificate."}, "409": problem, **errors},
+            }
+        },
+        "/v1/dsr/{request_id}/verify": change("Verify the requester's identity", {"method": text}),
+        "/v1/dsr/{request_id}/approve": change("Approve a verified request"),
+        "/v1/dsr/{request_id}/reject": change("Reject a request", {"reason": text}),
+        "/v1/dsr/{request_id}/extend": change("Extend the deadline once", {"reason": text}),
+        "/v1/dsr/{request_id}/cancel": change("Cancel a request before it runs"),
+        "/v1/legal-holds": {
+            "get": {
+                "operationId": "holds_list",
+                "tags": ["legal-holds"],
+                "parameters": [
+                    {"name": n, "in": "query", "schema": {"type": "string"}}
+                    for n in ("region", "target_id", "active")
+                ],
+                "responses": {"200": {"description": "Legal holds."}, **errors},
+            },
+            "post": {
+                "operationId": "holds_create",
+                "summary": "Hold a data subject or a record through erasures",
+                "tags": ["legal-holds"],
+                "requestBody": _object_body(
+                    {
+                        "target_id": {"type": "string"},
+                        "reason": text,
+                        "expires_at": {"type": "string", "format": "date-time"},
+                    },
+                    required=["target_id", "reason"],
+                ),
+                "responses": {"201": {"description": "The hold."}, **errors},
+            },
+        },
+        "/v1/legal-holds/{hold_id}": {
+            "delete": {
+                "operationId": "holds_release",
+                "tags": ["legal-holds"],
+                "parameters": [
+                    {
+                        "name": "hold_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The released hold."},
+                    "409": problem,
+                    **errors,
+                },
+            }
+        },
+    }

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 import bastion
 from bastion.api import audit as audit_api
+from bastion.api import dsr as dsr_api
 from bastion.api import policy as policy_api
 from bastion.api.auth import authenticate, state_of
 from bastion.api.openapi_tailor import tailored
@@ -298,6 +299,7 @@ def openapi_document() -> dict[str, Any]:
     }
     paths.update(policy_api.openapi_paths(_PROBLEM))
     paths.update(audit_api.openapi_paths())
+    paths.update(dsr_api.openapi_paths(_PROBLEM))
     paths["/v1/me"] = {
         "get": {
             "operationId": "me",

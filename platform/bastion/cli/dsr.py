@@ -232,9 +232,12 @@ def certificate(acting_as: str, request_id: str, out: Path | None, as_text: bool
 def verify_certificate(path: Path) -> None:
     """Check an erasure certificate's signature with its region's audit key."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        document = certificates.load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
         click.echo("INVALID: the file is not a JSON certificate", err=True)
+        sys.exit(1)
+    except certificates.CertificateInvalid as exc:
+        click.echo(f"INVALID: {exc.detail}", err=True)
         sys.exit(1)
     region = document.get("certificate", {}).get("region") if isinstance(document, dict) else None
     settings = cli_settings()
@@ -264,7 +267,7 @@ def hold(acting_as: str, target_id: str, reason: str, expires_at: str | None) ->
     if expires_at:
         body["expires_at"] = expires_at
     with _acting(acting_as) as (state, caller):
-        _show(state.dsr.create_hold(caller, body))
+        _show(state.legal_holds.create(caller, body))
 
 
 @dsr.command("release-hold")
@@ -272,7 +275,7 @@ def hold(acting_as: str, target_id: str, reason: str, expires_at: str | None) ->
 @click.argument("hold_id")
 def release_hold(acting_as: str, hold_id: str) -> None:
     with _acting(acting_as) as (state, caller):
-        _show(state.dsr.release_hold(caller, hold_id))
+        _show(state.legal_holds.release(caller, hold_id))
 
 
 @click.command()

@@ -97,8 +97,9 @@ class RetentionRule:
     """Records the law requires to be kept, even when a data subject asks for erasure.
 
     A record of the entity whose `field` holds one of `values` is retained for
-    `years`; erasure keeps it, pseudonymised (its personal fields cleared, its links
-    to the person left pointing at the person's erased shell), and says why.
+    `years`; erasure keeps it (its content re-sealed under a retention key of the
+    request, so shredding the person's key does not destroy it; its links to the
+    person left pointing at the person's erased shell) and says why.
     """
 
     code: str  # a short code for results and certificates, e.g. "commercial-record"
@@ -446,16 +447,6 @@ OPPORTUNITIES = EntitySpec(
     singular="opportunity",
     prefix="opp",
     description="Potential deals with an account.",
-    retention=(
-        RetentionRule(
-            code="commercial-record",
-            reason="won deals are commercial records to be kept 10 years "
-            "(e.g. HGB §257, GDPR Art. 17(3)(b))",
-            field="stage",
-            values=("closed_won",),
-            years=10,
-        ),
-    ),
     fields=(
         FieldSpec("name", "string", "Deal name.", required=True, max_length=200),
         FieldSpec("account_id", "ref", "Account the deal is with.", required=True, ref="accounts"),
@@ -499,6 +490,16 @@ ACTIVITIES = EntitySpec(
     description="Calls, emails, meetings, tasks and notes about a person, account or deal.",
     require_one_of=("contact_id", "lead_id", "account_id", "opportunity_id"),
     key_subject_from=("contact_id", "lead_id", "account_id"),
+    retention=(
+        RetentionRule(
+            code="commercial-correspondence",
+            reason="business e-mails are commercial correspondence, kept 6 years "
+            "(e.g. HGB §257(1) no. 2 and (4); GDPR Art. 17(3)(b))",
+            field="type",
+            values=("email",),
+            years=6,
+        ),
+    ),
     fields=(
         FieldSpec(
             "type",

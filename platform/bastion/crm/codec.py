@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from bastion.crm.catalog import EntitySpec, FieldSpec
-from bastion.crypto.envelope import FieldContext
+from bastion.crypto.envelope import DataKey, FieldContext, key_id_of, seal, unseal
 from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.keyring import Keyring
 from bastion.crypto.normalize import IndexKind, normalize
@@ -103,6 +103,7 @@ class RecordCodec:
         """
         stored = dict(values)
         names = set(values) if fields is None else set(fields)
+        key: DataKey | None = None  # one key lookup per record, not per field
         for field in spec.encrypted_fields:
             if field.name not in names:
                 continue
@@ -115,9 +116,9 @@ class RecordCodec:
                 stored[field.name] = None
                 continue
             context = FieldContext(region, spec.table_name, record_id, field.name)
-            stored[field.name] = self._keys.seal(
-                conn, subject_id, to_plaintext(field, value), context
-            )
+            if key is None:
+                key = self._keys.dek_for_subject(conn, region, subject_id)
+            stored[field.name] = seal(key, to_plaintext(field, value), context)
         return stored
 
     def index(
@@ -141,6 +142,7 @@ class RecordCodec:
         values = dict(stored)
         erased = []
         record_id = str(stored["id"])
+        keys: dict[bytes, DataKey | None] = {}  # one lookup per key, not per field
         for field in spec.encrypted_fields:
             blob = values.pop(field.name, None)
             if field.index_column is not None:
@@ -148,14 +150,20 @@ class RecordCodec:
             if field.name not in fields or blob is None:
                 values[field.name] = None
                 continue
-            context = FieldContext(region, spec.table_name, record_id, field.name)
-            try:
-                plain = self._keys.unseal(conn, bytes(blob), context)
-            except KeyDestroyed:
+            blob = bytes(blob)
+            key_id = key_id_of(blob)
+            if key_id not in keys:
+                try:
+                    keys[key_id] = self._keys.dek_by_id(conn, region, key_id)
+                except KeyDestroyed:
+                    keys[key_id] = None
+            key = keys[key_id]
+            if key is None:
                 erased.append(field.name)
                 values[field.name] = None
                 continue
-            values[field.name] = from_plaintext(field, plain)
+            context = FieldContext(region, spec.table_name, record_id, field.name)
+            values[field.name] = from_plaintext(field, unseal(key, blob, context))
         return Revealed(values, tuple(erased))
 
     def open_field(

@@ -9,6 +9,7 @@ The next-page cursor is sealed (`crm.cursors`) and bound to the query.
 from __future__ import annotations
 
 import heapq
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -25,6 +26,7 @@ DEFAULT_LIMIT = 50
 # Query parameters of a list that are not field filters.
 LIST_PARAMETERS = frozenset({"limit", "cursor", "sort", "region"})
 SYSTEM_SORTS = frozenset({"id", "created_at", "updated_at"})
+_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit also accepts "²"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +43,7 @@ class ListQuery:
 def parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise ValidationFailed(
             "invalid limit", [FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}")]
         )

@@ -384,6 +384,21 @@ def _field_error(spec: EntitySpec, err: Mapping[str, Any]) -> FieldError:
     return FieldError(name, str(err.get("msg", "is invalid")))
 
 
+def check_custom(spec: EntitySpec, merged: object) -> object:
+    """The `custom` object after a merge patch, checked again as a whole: the key
+    and size limits hold for the result, not only for each patch."""
+    if merged is None:
+        return None
+    field = spec.field("custom")
+    assert field is not None
+    try:
+        return _custom(merged, field)
+    except PydanticCustomError as exc:
+        raise ValidationFailed(
+            "the custom fields are invalid after this change", [FieldError("custom", exc.message())]
+        ) from None
+
+
 def check_filter_value(spec: FieldSpec, raw: str) -> object:
     """Parse a query-string filter value to the field's type (raises ValidationFailed)."""
     value: object = raw

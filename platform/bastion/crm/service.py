@@ -31,8 +31,13 @@ from bastion.crm.listing import (
     parse_sort,
 )
 from bastion.crm.pipeline import Pipeline, entity_spec, not_found, stale
-from bastion.crm.records import Record, parse_if_match, to_json_value
-from bastion.crm.schemas import check_required_links, validate_create, validate_patch
+from bastion.crm.records import Record, parse_if_match, render, to_json_value
+from bastion.crm.schemas import (
+    check_custom,
+    check_required_links,
+    validate_create,
+    validate_patch,
+)
 from bastion.crypto.keyring import Keyring
 from bastion.errors import Conflict, FieldError, Forbidden, ValidationFailed
 from bastion.policy.compiled import RowScope
@@ -367,9 +372,17 @@ class RecordService(Pipeline):
                 fields=written,
             ),
         )
-        stored = self.fetch(conn, database, spec, record_id)
-        assert stored is not None
-        return self.show(conn, access, region, spec, stored)
+        # The values just written, as the caller may see them: no need to read back and
+        # decrypt what this request holds in the clear already.
+        written_values = {
+            **values,
+            "id": record_id,
+            "region": region,
+            "version": 1,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return render(spec, written_values, access.readable(region, spec, written_values))
 
     def _replay(
         self, conn: Connection, access: Access, database: Database, spec: EntitySpec, record_id: str
@@ -408,11 +421,11 @@ class RecordService(Pipeline):
                 if expected != stored["version"]:
                     raise stale(spec)
                 if "custom" in changes:
-                    changes["custom"] = _merge_custom(stored["custom"], changes["custom"])
+                    changes["custom"] = check_custom(
+                        spec, _merge_custom(stored["custom"], changes["custom"])
+                    )
                 proposed = {**stored, **changes}
-                access.require_writable(
-                    rid.region, spec, named, proposed=proposed, previous=stored
-                )
+                access.require_writable(rid.region, spec, named, proposed=proposed, previous=stored)
                 access.require_in_scope(scope, spec, proposed, "update")
                 check_required_links(spec, proposed)
                 self.check_refs(conn, access, spec, rid.region, changes)

@@ -50,6 +50,22 @@ def sign(body: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
     }
 
 
+def load(text: str) -> Any:
+    """Parse a certificate file, refusing duplicate keys: a reader that takes the first
+    of two `"kept"` lists would otherwise see something the signature never covered."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _value in pairs]
+        if len(keys) != len(set(keys)):
+            raise CertificateInvalid("the certificate repeats a key; it was tampered with")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, object_pairs_hook=unique)
+    except json.JSONDecodeError:
+        raise CertificateInvalid("the file is not a JSON certificate") from None
+
+
 def verify(document: Any, verifiers: Mapping[bytes, Ed25519PublicKey]) -> dict[str, Any]:
     """The certificate body, if `document` is one signed by one of `verifiers`.
 
@@ -100,6 +116,8 @@ def as_text(body: Mapping[str, Any]) -> str:
     for entity, ids in sorted(body["erased"].items()):
         lines.append(f"  {entity}: {len(ids)} record(s)")
     lines.append(f"  data keys destroyed: {body['keys_destroyed']}")
+    for entity, ids in sorted(body.get("pseudonymised", {}).items()):
+        lines.append(f"Pseudonymised (no longer identifies the person): {entity}: {len(ids)}")
     lines.append(f"  search indexes cleared: {body['indexes_cleared']}")
     lines.append("")
     if body["kept"]:

@@ -95,6 +95,8 @@ def discover(conn: Connection, subject_ids: Iterable[str]) -> Discovery:
             for ref in spec.fields:
                 if ref.type != "ref" or ref.ref != own.name or ref.read_only:
                     continue
+                if spec.key_subject_from[:1] == (ref.name,):
+                    continue  # every such record is keyed to the subject: found above
                 table = ENTITY_TABLES[spec.name]
                 for row in conn.execute(select(table).where(table.c[ref.name] == subject)):
                     add(spec, dict(row._mapping), "linked")

@@ -8,15 +8,17 @@ resumed job follows the same one) decides per record found:
   under the hold's own data key (`preserve`), so shredding the person's key does
   not destroy evidence a court ordered kept — and releasing the hold later and
   erasing again shreds that key too;
-- a record a catalog retention rule covers (a won deal: a commercial record) is
-  kept, pseudonymised: its personal fields are cleared and its links point at the
-  person's erased shell;
+- a record about the person that a catalog retention rule covers (a business
+  e-mail: commercial correspondence) is kept, re-sealed under a retention key of
+  the request, and says why;
 - the person's own records (contact, lead) become shells: every personal field,
   encrypted value and blind index cleared, `erased_at` set; the row stays so kept
   records still link to something, and it reads as 410 Gone;
-- activities and cases about the person, and deals naming them, are deleted —
-  unless a kept record still links to them, in which case they are kept too,
-  pseudonymised, and the result says so;
+- activities and cases about the person are deleted — unless a kept record still
+  links to them, in which case they are kept too and the result says so;
+- business records that merely name the person (a deal whose contact they were)
+  are the organisation's, not the person's: they are pseudonymised — their link
+  now points at the erased shell, and nothing in them identifies the person;
 - the employer account is not the person's data and is left alone.
 
 Then every data key of the person is destroyed (`shred`): whatever ciphertext is
@@ -39,7 +41,7 @@ from bastion.crypto.keyring import Keyring
 from bastion.dsr.discovery import Discovery, Item
 from bastion.dsr.tables import legal_holds
 
-Action = Literal["shell", "delete", "keep"]
+Action = Literal["shell", "delete", "pseudonymise", "keep"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +110,20 @@ def plan(conn: Connection, discovery: Discovery, now: datetime) -> list[Decision
                 f"legal hold {hold['id']}: {hold['reason']}",
                 str(hold["id"]),
             )
+        elif item.relation == "subject":
+            decisions[item.record_id] = Decision(item.entity, item.record_id, "shell")
+        elif item.relation == "linked":
+            decisions[item.record_id] = Decision(
+                item.entity,
+                item.record_id,
+                "pseudonymise",
+                "business-record",
+                "the organisation's record; its link now points at the erased shell",
+            )
         elif (rule := _retained(item)) is not None:
             decisions[item.record_id] = Decision(
                 item.entity, item.record_id, "keep", f"retention:{rule[0]}", rule[1]
             )
-        elif item.relation == "subject":
-            decisions[item.record_id] = Decision(item.entity, item.record_id, "shell")
         else:
             decisions[item.record_id] = Decision(item.entity, item.record_id, "delete")
     _keep_what_kept_records_need(conn, decisions)
@@ -170,16 +180,23 @@ def _referenced_by_survivor(
 # -- the steps ------------------------------------------------------------------------
 
 
+def retention_key(request_id: str) -> str:
+    """The key subject that seals what an erasure request keeps under retention rules."""
+    return f"retained:{request_id}"
+
+
 def preserve(
     keys: Keyring,
     conn: Connection,
     region: str,
+    request_id: str,
     subjects: list[str],
     decisions: list[Decision],
     stored: Mapping[str, dict[str, Any]],
 ) -> int:
-    """Kept records sealed under a subject's key: re-seal held ones under the hold's
-    key, clear the encrypted fields of retained ones. Idempotent; the values changed."""
+    """Kept records sealed under a subject's key are re-sealed under the hold's key, or
+    the request's retention key, before the person's key is destroyed. Idempotent;
+    returns how many values were re-sealed."""
     changed = 0
     for decision in decisions:
         values = stored.get(decision.record_id)
@@ -195,14 +212,10 @@ def preserve(
             old = keys.dek_by_id(conn, region, key_id_of(blob))
             if old.subject_id not in subjects:
                 continue  # someone else's key: not the person's data
-            if decision.hold_id is not None:
-                new = keys.dek_for_subject(conn, region, decision.hold_id)
-                context = FieldContext(region, spec.table_name, decision.record_id, field.name)
-                columns[field.name] = reseal(blob, context, old, new)
-            else:
-                columns[field.name] = None
-                if field.index_column is not None:
-                    columns[field.index_column] = None
+            keeper = decision.hold_id or retention_key(request_id)
+            new = keys.dek_for_subject(conn, region, keeper)
+            context = FieldContext(region, spec.table_name, decision.record_id, field.name)
+            columns[field.name] = reseal(blob, context, old, new)
         if columns:
             table = ENTITY_TABLES[spec.name]
             conn.execute(update(table).where(table.c.id == decision.record_id).values(**columns))

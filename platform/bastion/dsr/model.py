@@ -39,6 +39,8 @@ FINAL: frozenset[str] = frozenset(
     {"completed", "partially_completed", "failed", "rejected", "cancelled"}
 )
 RUNNABLE: frozenset[str] = frozenset({"approved", "running"})
+# Requests that change data for good need a second person to approve them.
+FOUR_EYES: frozenset[str] = frozenset({"erasure", "rectification"})
 
 # Days to answer, and by how much the deadline may be extended once, with a reason:
 # GDPR Art. 12(3) one month (30 days here), extendable by two months; CCPA 45 + 45.

@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import zipfile
 from datetime import datetime
 from typing import Any
@@ -34,6 +35,7 @@ from bastion.crm.records import to_json_value
 from bastion.dsr.discovery import Discovery, Item
 
 MAX_AUDIT_EVENTS = 10_000
+_SAFE_CELL = re.compile(r"-?[0-9]{1,30}(\.[0-9]{1,30})?|\+[1-9][0-9]{6,14}")
 RELATIONS = {
     "subject": "the person's own record",
     "about": "a record about the person (sealed under their key)",
@@ -161,12 +163,15 @@ def _csv(entity: str, rows: list[dict[str, Any]]) -> bytes:
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell that a spreadsheet will not run as a formula (OWASP CSV injection):
-    text starting with = @ tab or CR, or + or - before a non-digit, gets a leading '."""
+    """A CSV cell a spreadsheet will not run as a formula (OWASP CSV injection): text
+    starting with = + - @ tab or CR gets a leading ', unless it is exactly a number
+    or an E.164 phone number (which a spreadsheet reads as data)."""
     if isinstance(value, dict | list):
         value = json.dumps(value, ensure_ascii=False)
-    if isinstance(value, str) and value:
-        first, second = value[0], value[1:2]
-        if first in "=@\t\r" or (first in "+-" and not second.isdigit()):
-            return "'" + value
+    if (
+        isinstance(value, str)
+        and value[:1] in ("=", "+", "-", "@", "\t", "\r")
+        and _SAFE_CELL.fullmatch(value) is None
+    ):
+        return "'" + value
     return value

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
+from bastion.crm.tables import idempotency_keys
 from bastion.dsr.model import RUNNABLE
 from bastion.dsr.tables import dsr_certificates, dsr_packages, dsr_requests, dsr_steps, legal_holds
 
@@ -102,6 +114,38 @@ def claim(conn: Connection, now: datetime, worker: str, lease_until: datetime) -
     return str(request_id)
 
 
+def renew_lease(conn: Connection, request_id: str, worker: str, values: Mapping[str, Any]) -> bool:
+    """Update the request if `worker` holds its lease; whether it does."""
+    result = conn.execute(
+        update(dsr_requests)
+        .where(dsr_requests.c.id == request_id, dsr_requests.c.lease_owner == worker)
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def lease_owner(conn: Connection, request_id: str) -> str | None:
+    query = select(dsr_requests.c.lease_owner).where(dsr_requests.c.id == request_id)
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    owner = conn.execute(query).scalar_one_or_none()
+    return None if owner is None else str(owner)
+
+
+def forget_idempotency(conn: Connection, record_ids: Sequence[str]) -> None:
+    """Drop the Idempotency-Key fingerprints of erased records (they hash their values)."""
+    for start in range(0, len(record_ids), 500):
+        conn.execute(
+            delete(idempotency_keys).where(
+                idempotency_keys.c.record_id.in_(list(record_ids[start : start + 500]))
+            )
+        )
+
+
+def purge_idempotency(conn: Connection, before: datetime) -> None:
+    conn.execute(delete(idempotency_keys).where(idempotency_keys.c.created_at < before))
+
+
 def done_steps(conn: Connection, request_id: str) -> dict[str, dict[str, Any]]:
     rows = conn.execute(select(dsr_steps).where(dsr_steps.c.request_id == request_id))
     return {row.step: dict(row.details) for row in rows}
@@ -189,3 +233,61 @@ def release_hold(conn: Connection, hold_id: str, now: datetime, by: str) -> None
         .where(legal_holds.c.id == hold_id)
         .values(released_at=now, released_by=by)
     )
+
+
+def lock_holds(conn: Connection, region: str) -> None:
+    """Serialize legal-hold creation with erasure planning in a region (PostgreSQL;
+    SQLite write transactions are serial already): a hold is either seen by a plan
+    or refused while that erasure runs — never silently ignored."""
+    _advisory_lock(conn, f"bastion dsr holds {region}")
+
+
+def lock_subjects(conn: Connection, subject_ids: Sequence[str]) -> None:
+    """Serialize request creation per person (PostgreSQL; SQLite write transactions
+    are serial already), so that "no open request of this type yet, then insert" is
+    one step: two officers filing the same erasure at once get one request and a 409."""
+    for subject_id in sorted(set(subject_ids)):  # one order: no deadlock
+        _advisory_lock(conn, f"bastion dsr subject {subject_id}")
+
+
+def _advisory_lock(conn: Connection, name: str) -> None:
+    """A transaction-scoped PostgreSQL advisory lock on `name` (no-op elsewhere)."""
+    if conn.dialect.name != "postgresql":
+        return
+    digest = hashlib.sha256(name.encode()).digest()
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(:key)"),
+        {"key": int.from_bytes(digest[:8], "big", signed=True)},
+    )
+
+
+def running_erasures_touching(conn: Connection, target_id: str) -> list[str]:
+    """Erasures being carried out whose subjects or plan include `target_id`."""
+    rows = conn.execute(
+        select(dsr_requests.c.id, dsr_requests.c.subject_ids).where(
+            dsr_requests.c.type == "erasure", dsr_requests.c.status == "running"
+        )
+    ).all()
+    touching = []
+    for row in rows:
+        if target_id in (row.subject_ids or []):
+            touching.append(str(row.id))
+            continue
+        plan = conn.execute(
+            select(dsr_steps.c.details).where(
+                dsr_steps.c.request_id == row.id, dsr_steps.c.step == "discover"
+            )
+        ).scalar_one_or_none()
+        decisions = (plan or {}).get("decisions", [])
+        if any(d.get("record_id") == target_id for d in decisions):
+            touching.append(str(row.id))
+    return touching
+
+
+def finished_erasures_with_kept(conn: Connection) -> list[str]:
+    rows = conn.execute(
+        select(dsr_requests.c.id).where(
+            dsr_requests.c.type == "erasure", dsr_requests.c.status == "partially_completed"
+        )
+    ).scalars()
+    return [str(r) for r in rows]

@@ -1,12 +1,12 @@
-"""Data subjects' requests as a compliance officer handles them, and legal holds.
+"""Data subjects' requests as a compliance officer handles them (legal holds are
+`holds.py`; carrying requests out is `jobs.py`).
 
 Every operation is a policy decision on the `dsr` resource (create, read, list,
 approve — which also covers verifying identity, rejecting and extending —,
-download, cancel) or the `legal_holds` resource (read, create, release), in the
-request's region, and every one is audited there (`dsr.<type>.<action>`, naming
-the request and its subjects). A request and everything about it live in the
-subject's region; an identifier (email, phone) is resolved through that region's
-blind indexes and never stored.
+download, cancel) in the request's region, and every one is audited there
+(`dsr.<type>.<action>`, naming the request and its subjects). A request and
+everything about it live in the subject's region; an identifier (email, phone) is
+resolved through that region's blind indexes and never stored.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from bastion.audit import AuditEvent
 from bastion.clock import Clock
-from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX, EntitySpec
+from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
 from bastion.crm.cursors import CursorCodec, Position
 from bastion.crm.records import to_json_value
 from bastion.crm.schemas import validate_patch
@@ -31,31 +30,17 @@ from bastion.crypto.keyring import Keyring
 from bastion.dsr import erasure
 from bastion.dsr import repository as repo
 from bastion.dsr.discovery import discover
-from bastion.dsr.jobs import corrections_context, package_context
-from bastion.dsr.model import FINAL, OPEN, REGIMES, TYPES, due_at, require_status
+from bastion.dsr.gate import Gate
+from bastion.dsr.inputs import IDENTIFIERS, check_text, correctable, invalid, parse_create, spec_of
+from bastion.dsr.model import FINAL, FOUR_EYES, OPEN, InvalidTransition, due_at, require_status
 from bastion.dsr.settings import DsrSettings
-from bastion.errors import (
-    BadRequest,
-    Conflict,
-    FieldError,
-    Forbidden,
-    Gone,
-    NotFound,
-    ValidationFailed,
-)
-from bastion.policy.engine import Policy
+from bastion.dsr.steps import corrections_context, package_context
+from bastion.errors import BadRequest, Conflict, FieldError, Gone, NotFound, ValidationFailed
 from bastion.principals.caller import Caller
 from bastion.residency.databases import Regions
-from bastion.residency.ids import InvalidId, RecordId
+from bastion.residency.ids import RecordId
 
 REQUEST_PREFIX = "dsr"
-HOLD_PREFIX = "hld"
-IDENTIFIERS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    "email": {"contacts": ("email",), "leads": ("email",)},
-    "phone": {"contacts": ("phone", "mobile"), "leads": ("phone",)},
-}
-_CREATE_KEYS = frozenset({"type", "regime", "subject_id", "region", "identifier", "corrections"})
-_TEXT_MAX = 500
 _PAST = {
     "verify": "verified",
     "approve": "approved",
@@ -73,7 +58,7 @@ class DsrService:
         keys: Keyring,
         records: RecordService,
         clock: Clock,
-        policy: Callable[[], Policy],
+        gate: Gate,
         settings: DsrSettings,
         cursors: CursorCodec,
         wake: Callable[[], None] = lambda: None,
@@ -82,65 +67,16 @@ class DsrService:
         self._keys = keys
         self._records = records
         self._clock = clock
-        self._policy = policy
+        self._gate = gate
         self._settings = settings
         self._cursors = cursors
         self._wake = wake
 
-    # -- authorization and audit -----------------------------------------------------
-
-    def _allow(self, caller: Caller, region: str, resource: str, action: str) -> Policy:
-        policy = self._policy()
-        principal = caller.principal
-        if region not in principal.regions:
-            raise Forbidden(f"you may not access region {region}")
-        if not policy.allows(principal.roles, region, resource, action):
-            raise Forbidden(f"your roles do not allow {action} on {resource} in region {region}")
-        return policy
-
-    def _audit(
-        self,
-        conn: Connection,
-        caller: Caller,
-        region: str,
-        policy: Policy,
-        action: str,
-        record_ids: list[str],
-        entity: str = "dsr",
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._records.recorder.append(
-            conn,
-            region,
-            AuditEvent.new(
-                self._clock,
-                actor=caller.principal.id,
-                action=action,
-                entity=entity,
-                record_ids=record_ids,
-                policy_version=policy.version,
-                request_id=caller.request_id,
-                client_address=caller.client_address,
-                details=details,
-            ),
-        )
-
-    def _route(self, caller: Caller, record_id: str, prefix: str, what: str) -> str:
-        try:
-            parsed = RecordId.parse(record_id)
-        except InvalidId:
-            raise NotFound(f"no {what} has that id") from None
-        if parsed.prefix != prefix or parsed.region not in self._regions:
-            raise NotFound(f"no {what} has that id")
-        if parsed.region not in caller.principal.regions:
-            raise NotFound(f"no {what} has that id in your regions")
-        return parsed.region
-
     # -- requests ----------------------------------------------------------------------
 
     def create(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
-        request_type, regime, region, subject_id, identifier = _parse_create(body, self._regions)
-        policy = self._allow(caller, region, "dsr", "create")
+        request_type, regime, region, subject_id, identifier = parse_create(body, self._regions)
+        policy = self._gate.allow(caller, region, "dsr", "create")
         now = self._clock.now()
         request_id = str(RecordId.new(REQUEST_PREFIX, region, now))
         database = self._regions.get(region)
@@ -154,6 +90,7 @@ class DsrService:
             corrections = None
             if request_type == "rectification":
                 corrections = self._corrections(conn, region, request_id, subjects, body)
+            repo.lock_subjects(conn, subjects)
             clash = repo.open_requests_for(conn, subjects, request_type, sorted(OPEN))
             if clash:
                 raise Conflict(
@@ -175,12 +112,15 @@ class DsrService:
                     "extended": 0,
                     "created_by": caller.principal.id,
                     "corrections": corrections,
+                    "correction_fields": (
+                        sorted(body["corrections"]) if corrections is not None else None
+                    ),
                     "policy_version": policy.version,
                     "progress": {},
                     "version": 1,
                 },
             )
-            self._audit(
+            self._gate.audit(
                 conn,
                 caller,
                 region,
@@ -195,7 +135,7 @@ class DsrService:
     def _existing_subject(self, conn: Connection, subject_id: str) -> str:
         spec = ENTITIES_BY_PREFIX.get(subject_id.split("_", 1)[0])
         if spec is None or not spec.data_subject:
-            raise _invalid("subject_id", "must be the id of a contact or lead")
+            raise invalid("subject_id", "must be the id of a contact or lead")
         table = ENTITY_TABLES[spec.name]
         row = conn.execute(
             select(table.c.id, table.c.erased_at).where(table.c.id == subject_id)
@@ -222,7 +162,7 @@ class DsrService:
                     index = codec.index(conn, spec, region, field, value)
                     wanted = codec.normalized(field, value)
                 except ValidationFailed:
-                    raise _invalid(f"identifier.{kind}", f"is not a valid {kind}") from None
+                    raise invalid(f"identifier.{kind}", f"is not a valid {kind}") from None
                 rows = conn.execute(
                     select(table).where(
                         table.c[field.index_column] == index, table.c.erased_at.is_(None)
@@ -230,8 +170,8 @@ class DsrService:
                 )
                 for row in rows:
                     stored = dict(row._mapping)
-                    value = codec.open_field(conn, spec, region, stored, field)
-                    if codec.matches(field, value, wanted) and stored["id"] not in found:
+                    candidate = codec.open_field(conn, spec, region, stored, field)
+                    if codec.matches(field, candidate, wanted) and stored["id"] not in found:
                         found.append(str(stored["id"]))
         return found
 
@@ -244,11 +184,20 @@ class DsrService:
         body: Mapping[str, Any],
     ) -> bytes:
         if len(subjects) != 1:
-            raise _invalid("subject_id", "a rectification needs exactly one contact or lead")
+            raise invalid("subject_id", "a rectification needs exactly one contact or lead")
         corrections = body.get("corrections")
         if not isinstance(corrections, dict) or not corrections:
-            raise _invalid("corrections", "must be an object of the fields to correct")
-        spec = _spec_of(subjects[0])
+            raise invalid("corrections", "must be an object of the fields to correct")
+        spec = spec_of(subjects[0])
+        refused = sorted(name for name in corrections if name not in correctable(spec))
+        if refused:
+            raise ValidationFailed(
+                "only the person's own data can be rectified",
+                [
+                    FieldError(f"corrections.{name}", "is not personal data of the subject")
+                    for name in refused
+                ],
+            )
         try:
             values = validate_patch(spec, corrections)
         except ValidationFailed as exc:
@@ -259,11 +208,11 @@ class DsrService:
         return self._keys.seal(conn, request_id, plain, corrections_context(region, request_id))
 
     def get(self, caller: Caller, request_id: str) -> dict[str, Any]:
-        region = self._route(caller, request_id, REQUEST_PREFIX, "request")
-        policy = self._allow(caller, region, "dsr", "read")
+        region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
+        policy = self._gate.allow(caller, region, "dsr", "read", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id)
-            self._audit(conn, caller, region, policy, "dsr.read", [request_id])
+            self._gate.audit(conn, caller, region, policy, "dsr.read", [request_id])
         return self._render(stored)
 
     def list(
@@ -277,16 +226,12 @@ class DsrService:
         limit: int,
         cursor: str | None,
     ) -> dict[str, Any]:
-        regions = [region] if region else list(caller.principal.regions)
-        for name in regions:
-            if name not in self._regions:
-                raise _invalid("region", "is not a configured region")
-            self._allow(caller, name, "dsr", "list")
+        regions = self._gate.listed_regions(caller, region, "dsr", "list")
         now = self._clock.now()
         statuses = [status] if status else (sorted(OPEN) if overdue or due_within_days else None)
         due_before = now if overdue else None
         if due_within_days is not None:
-            due_before = now + _days(due_within_days)
+            due_before = now + timedelta(days=due_within_days)
         fingerprint = json.dumps([regions, status, overdue, due_within_days])
         after = None
         if cursor is not None:
@@ -313,7 +258,7 @@ class DsrService:
 
     def verify_identity(self, caller: Caller, request_id: str, method: Any) -> dict[str, Any]:
         if not isinstance(method, str) or not 1 <= len(method) <= 64:
-            raise _invalid("method", "must say how the identity was verified (1-64 characters)")
+            raise invalid("method", "must say how the identity was verified (1-64 characters)")
         return self._transition(
             caller,
             request_id,
@@ -329,22 +274,24 @@ class DsrService:
         )
 
     def approve(self, caller: Caller, request_id: str) -> dict[str, Any]:
+        """Approve a verified request. An erasure or a rectification changes data for
+        good, so it needs a second person: its creator may not approve it."""
+
+        def changes(now: datetime, stored: dict[str, Any]) -> dict[str, Any]:
+            if stored["type"] in FOUR_EYES and stored["created_by"] == caller.principal.id:
+                raise InvalidTransition(
+                    f"a {stored['type']} must be approved by someone other than who created it"
+                )
+            return {"status": "approved", "approved_by": caller.principal.id, "approved_at": now}
+
         result = self._transition(
-            caller,
-            request_id,
-            "approve",
-            allowed={"verified"},
-            changes=lambda now: {
-                "status": "approved",
-                "approved_by": caller.principal.id,
-                "approved_at": now,
-            },
+            caller, request_id, "approve", allowed={"verified"}, changes_with_request=changes
         )
         self._wake()
         return result
 
     def reject(self, caller: Caller, request_id: str, reason: Any) -> dict[str, Any]:
-        _check_text("reason", reason)
+        check_text("reason", reason)
         return self._transition(
             caller,
             request_id,
@@ -368,11 +315,15 @@ class DsrService:
         )
 
     def extend(self, caller: Caller, request_id: str, reason: Any) -> dict[str, Any]:
-        _check_text("reason", reason)
+        check_text("reason", reason)
 
         def changes(now: datetime, stored: dict[str, Any]) -> dict[str, Any]:
             if stored["extended"]:
                 raise Conflict("the deadline was already extended once")
+            if stored["due_at"] <= now:
+                raise InvalidTransition(
+                    "the deadline has passed; an extension must be decided within it"
+                )
             return {
                 "extended": 1,
                 "extension_reason": reason,
@@ -394,8 +345,8 @@ class DsrService:
         changes: Callable[[datetime], dict[str, Any]] | None = None,
         changes_with_request: Callable[[datetime, dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        region = self._route(caller, request_id, REQUEST_PREFIX, "request")
-        policy = self._allow(caller, region, "dsr", action)
+        region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
+        policy = self._gate.allow(caller, region, "dsr", action, [request_id])
         now = self._clock.now()
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id, lock=True)
@@ -406,7 +357,10 @@ class DsrService:
                 assert changes_with_request is not None
                 values = changes_with_request(now, stored)
             repo.update_request(conn, request_id, **values, version=stored["version"] + 1)
-            self._audit(
+            if values.get("status") in FINAL:
+                # Nothing will read its corrections again: destroy the request's key.
+                self._keys.shred(conn, region, request_id)
+            self._gate.audit(
                 conn,
                 caller,
                 region,
@@ -419,8 +373,8 @@ class DsrService:
 
     def preview(self, caller: Caller, request_id: str) -> dict[str, Any]:
         """A dry run: what would be exported, or erased and kept (and why), right now."""
-        region = self._route(caller, request_id, REQUEST_PREFIX, "request")
-        policy = self._allow(caller, region, "dsr", "read")
+        region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
+        policy = self._gate.allow(caller, region, "dsr", "read", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id)
             found = discover(conn, stored["subject_ids"])
@@ -437,7 +391,8 @@ class DsrService:
             }
             if stored["type"] == "erasure":
                 decisions = erasure.plan(conn, found, self._clock.now())
-                preview["erase"] = _grouped(decisions, keep=False)
+                preview["erase"] = _grouped(decisions, ("shell", "delete"))
+                preview["pseudonymise"] = _grouped(decisions, ("pseudonymise",))
                 preview["keep"] = [d.as_dict() for d in decisions if d.action == "keep"]
                 preview["untouched"] = [
                     {
@@ -448,13 +403,15 @@ class DsrService:
                     for i in found.items
                     if i.relation == "employer"
                 ]
-            self._audit(conn, caller, region, policy, "dsr.preview", [request_id, *found.subjects])
+            self._gate.audit(
+                conn, caller, region, policy, "dsr.preview", [request_id, *found.subjects]
+            )
         return preview
 
     def package(self, caller: Caller, request_id: str) -> tuple[bytes, str]:
         """The export zip and its SHA-256 (approved, completed, not expired)."""
-        region = self._route(caller, request_id, REQUEST_PREFIX, "request")
-        policy = self._allow(caller, region, "dsr", "download")
+        region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
+        policy = self._gate.allow(caller, region, "dsr", "download", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id)
             if stored["type"] not in ("access", "export"):
@@ -470,7 +427,7 @@ class DsrService:
                 )
             except KeyDestroyed:
                 raise Gone("the package expired and was destroyed") from None
-            self._audit(
+            self._gate.audit(
                 conn,
                 caller,
                 region,
@@ -481,8 +438,8 @@ class DsrService:
         return data, str(found["sha256"])
 
     def certificate(self, caller: Caller, request_id: str) -> dict[str, Any]:
-        region = self._route(caller, request_id, REQUEST_PREFIX, "request")
-        policy = self._allow(caller, region, "dsr", "download")
+        region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
+        policy = self._gate.allow(caller, region, "dsr", "download", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id)
             found = repo.fetch_certificate(conn, request_id)
@@ -490,7 +447,7 @@ class DsrService:
                 raise NotFound("only erasure requests have a certificate")
             if found is None:
                 raise Conflict(f"no certificate yet; the request is {stored['status']}")
-            self._audit(conn, caller, region, policy, "dsr.erasure.certificate", [request_id])
+            self._gate.audit(conn, caller, region, policy, "dsr.erasure.certificate", [request_id])
         document: dict[str, Any] = json.loads(found["body"])
         return document
 
@@ -537,191 +494,14 @@ class DsrService:
         shown["due_soon"] = (
             stored["status"] not in FINAL
             and not shown["overdue"]
-            and stored["due_at"] < now + _days(self._settings.due_soon_days)
+            and stored["due_at"] < now + timedelta(days=self._settings.due_soon_days)
         )
         return shown
 
-    # -- legal holds -----------------------------------------------------------------
 
-    def create_hold(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(body) - {"target_id", "reason", "expires_at"})
-        if unknown:
-            raise ValidationFailed(
-                "invalid legal hold",
-                [FieldError(n, "is not a field of a legal hold") for n in unknown],
-            )
-        target = body.get("target_id")
-        if not isinstance(target, str):
-            raise _invalid("target_id", "must be a record id")
-        _check_text("reason", body.get("reason"))
-        expires = _moment(body.get("expires_at"), "expires_at")
-        try:
-            parsed = RecordId.parse(target)
-        except InvalidId:
-            raise _invalid("target_id", "must be a record id") from None
-        if parsed.prefix not in ENTITIES_BY_PREFIX or parsed.region not in self._regions:
-            raise _invalid("target_id", "must be the id of a CRM record")
-        region = parsed.region
-        policy = self._allow(caller, region, "legal_holds", "create")
-        now = self._clock.now()
-        if expires is not None and expires <= now:
-            raise _invalid("expires_at", "must be in the future")
-        hold_id = str(RecordId.new(HOLD_PREFIX, region, now))
-        spec = ENTITIES_BY_PREFIX[parsed.prefix]
-        with self._regions.get(region).transaction(write=True) as conn:
-            table = ENTITY_TABLES[spec.name]
-            if conn.execute(select(table.c.id).where(table.c.id == target)).first() is None:
-                raise NotFound(f"no {spec.singular} has that id")
-            repo.insert_hold(
-                conn,
-                {
-                    "id": hold_id,
-                    "region": region,
-                    "target_id": target,
-                    "reason": body["reason"],
-                    "created_by": caller.principal.id,
-                    "created_at": now,
-                    "expires_at": expires,
-                },
-            )
-            self._audit(
-                conn, caller, region, policy, "hold.create", [hold_id, target], "legal_holds"
-            )
-            stored = repo.fetch_hold(conn, hold_id)
-        assert stored is not None
-        return _render_hold(stored, now)
-
-    def list_holds(
-        self, caller: Caller, *, region: str | None, target_id: str | None, active: bool
-    ) -> dict[str, Any]:
-        regions = [region] if region else list(caller.principal.regions)
-        now = self._clock.now()
-        holds: list[dict[str, Any]] = []
-        for name in regions:
-            if name not in self._regions:
-                raise _invalid("region", "is not a configured region")
-            self._allow(caller, name, "legal_holds", "read")
-            with self._regions.get(name).transaction() as conn:
-                holds += repo.list_holds(
-                    conn, target_id=target_id, active_at=now if active else None, limit=500
-                )
-        return {"data": [_render_hold(h, now) for h in holds], "next_cursor": None}
-
-    def release_hold(self, caller: Caller, hold_id: str) -> dict[str, Any]:
-        region = self._route(caller, hold_id, HOLD_PREFIX, "legal hold")
-        policy = self._allow(caller, region, "legal_holds", "release")
-        now = self._clock.now()
-        with self._regions.get(region).transaction(write=True) as conn:
-            stored = repo.fetch_hold(conn, hold_id)
-            if stored is None:
-                raise NotFound("no legal hold has that id")
-            if stored["released_at"] is not None:
-                raise Conflict("the legal hold is already released")
-            repo.release_hold(conn, hold_id, now, caller.principal.id)
-            self._audit(
-                conn,
-                caller,
-                region,
-                policy,
-                "hold.release",
-                [hold_id, stored["target_id"]],
-                "legal_holds",
-            )
-            released = repo.fetch_hold(conn, hold_id)
-        assert released is not None
-        return _render_hold(released, now)
-
-
-def _render_hold(stored: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    shown = {k: to_json_value(v) for k, v in stored.items()}
-    expired = stored["expires_at"] is not None and stored["expires_at"] <= now
-    shown["active"] = stored["released_at"] is None and not expired
-    return shown
-
-
-def _parse_create(
-    body: Mapping[str, Any], regions: Regions
-) -> tuple[str, str, str, str | None, tuple[str, str] | None]:
-    errors: list[FieldError] = [
-        FieldError(name, "is not a field of a request") for name in sorted(set(body) - _CREATE_KEYS)
-    ]
-    request_type, regime = body.get("type"), body.get("regime", "gdpr")
-    if request_type not in TYPES:
-        errors.append(FieldError("type", f"must be one of {', '.join(TYPES)}"))
-    if regime not in REGIMES:
-        errors.append(FieldError("regime", f"must be one of {', '.join(REGIMES)}"))
-    if request_type != "rectification" and "corrections" in body:
-        errors.append(FieldError("corrections", "only a rectification has corrections"))
-    subject_id, identifier = body.get("subject_id"), body.get("identifier")
-    region: Any = None
-    parsed_identifier = None
-    if (subject_id is None) == (identifier is None):
-        errors.append(FieldError("subject_id", "give subject_id, or region and identifier"))
-    elif subject_id is not None:
-        try:
-            parsed = RecordId.parse(subject_id) if isinstance(subject_id, str) else None
-        except InvalidId:
-            parsed = None
-        spec = ENTITIES_BY_PREFIX.get(parsed.prefix) if parsed else None
-        if parsed is None or spec is None or not spec.data_subject:
-            errors.append(FieldError("subject_id", "must be the id of a contact or lead"))
-        else:
-            region = parsed.region
-            if "region" in body and body["region"] != region:
-                errors.append(FieldError("region", "must be the subject's region"))
-    else:
-        region = body.get("region")
-        if not isinstance(identifier, dict) or len(identifier) != 1:
-            errors.append(FieldError("identifier", "must be one of {email: …} or {phone: …}"))
-        else:
-            ((kind, value),) = identifier.items()
-            if kind not in IDENTIFIERS or not isinstance(value, str) or not 1 <= len(value) <= 254:
-                errors.append(FieldError("identifier", "must be one of {email: …} or {phone: …}"))
-            else:
-                parsed_identifier = (kind, value)
-    if region is not None and (not isinstance(region, str) or region not in regions):
-        errors.append(FieldError("region", "must be a configured region"))
-    elif region is None and identifier is not None:
-        errors.append(FieldError("region", "is required with an identifier"))
-    if errors:
-        raise ValidationFailed("invalid request", errors)
-    return str(request_type), str(regime), str(region), subject_id, parsed_identifier
-
-
-def _spec_of(record_id: str) -> EntitySpec:
-    return ENTITIES_BY_PREFIX[record_id.split("_", 1)[0]]
-
-
-def _grouped(decisions: list[erasure.Decision], *, keep: bool) -> dict[str, list[str]]:
+def _grouped(decisions: list[erasure.Decision], actions: tuple[str, ...]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for decision in decisions:
-        if (decision.action == "keep") == keep:
+        if decision.action in actions:
             grouped.setdefault(decision.entity, []).append(decision.record_id)
     return grouped
-
-
-def _check_text(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not 1 <= len(value.strip()) <= _TEXT_MAX:
-        raise _invalid(name, f"must be text of 1-{_TEXT_MAX} characters")
-
-
-def _moment(value: Any, name: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _invalid(name, "must be an RFC 3339 date-time with a time zone")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid(name, "must be an RFC 3339 date-time with a time zone") from None
-    if parsed.tzinfo is None:
-        raise _invalid(name, "must include a time zone offset")
-    return parsed
-
-
-def _days(n: int) -> timedelta:
-    return timedelta(days=n)
-
-
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed("invalid request", [FieldError(field, message)])

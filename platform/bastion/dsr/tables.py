@@ -55,8 +55,10 @@ dsr_requests = Table(
     Column("started_at", UTCDateTime(), nullable=True),
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("rejection_reason", String(500), nullable=True),
-    # Sealed under the request's key: a rectification's corrections (JSON).
+    # Sealed under the request's key: a rectification's corrections (JSON); their
+    # field names in the clear, so the approver sees what will change.
     Column("corrections", LargeBinary(), nullable=True),
+    Column("correction_fields", _JSON, nullable=True),
     Column("policy_version", String(64), nullable=False),
     # Job state: the step running, progress per step, the result, the lease.
     Column("step", String(32), nullable=True),

@@ -10,9 +10,10 @@ parameters (field values) into exception messages, and exceptions reach logs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -27,6 +28,8 @@ log = structlog.get_logger("bastion.residency")
 
 CONTROL = "control"
 _WRITE = "bastion_write"
+# How long a writer waits its turn behind this process's other SQLite writers.
+_WRITER_QUEUE_SECONDS = 30.0
 
 
 def create_db_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 10) -> Engine:
@@ -87,6 +90,14 @@ class Database:
 
     name: str
     engine: Engine
+    _writers: threading.RLock | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.engine.url.get_backend_name() == "sqlite":
+            # SQLite has one writer. Queueing this process's writers on a lock, rather
+            # than on SQLite's busy handler (which backs off and retries in no order),
+            # keeps waits short and fair; other processes still meet the busy timeout.
+            object.__setattr__(self, "_writers", threading.RLock())
 
     @contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Connection]:
@@ -95,6 +106,21 @@ class Database:
         Raises `RegionUnavailable` when the database cannot be reached or a lock or
         statement timeout expires. Other database errors propagate unchanged.
         """
+        if write and self._writers is not None:
+            if not self._writers.acquire(timeout=_WRITER_QUEUE_SECONDS):
+                log.warning("database_unavailable", database=self.name, cause="WriterQueueTimeout")
+                raise RegionUnavailable(self.name)
+            try:
+                with self._transaction(write=True) as conn:
+                    yield conn
+            finally:
+                self._writers.release()
+            return
+        with self._transaction(write=write) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, *, write: bool) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
                 if write:
