@@ -863,16 +863,20 @@ def test_a_hold_on_the_subject_keeps_everything_and_shreds_nothing(
     )
 
 
-def test_erasing_after_a_released_hold_destroys_the_holds_key(
+def test_a_held_person_keeps_their_own_key_until_erased_after_the_release(
     client: TestClient, admin: dict[str, str], officer: dict[str, str], state: State
 ) -> None:
     world = small_world(client, admin)
     hold_id = hold(client, officer, world.subject, "pending litigation")
-    erase(state, client, officer, world.subject)
-    assert keys_of(state, hold_id) == 1
+    held = erase(state, client, officer, world.subject)
+    assert held["result"]["keys_destroyed"] == 0
+    # Nothing of theirs outlives their key, so nothing was re-sealed under the hold's.
+    assert keys_of(state, hold_id) == 0
+    assert keys_of(state, world.subject) >= 1
     release(client, officer, hold_id)
     shown = erase(state, client, officer, world.subject)
     assert shown["status"] == "completed"
+    assert keys_of(state, world.subject) == 0
     assert keys_of(state, hold_id) == 0
 
 
@@ -910,13 +914,6 @@ def test_erasure_leaves_no_rectification_corrections_readable(
                 state.keys.unseal(conn, bytes(blob), corrections_context("eu", request_id))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: releasing a legal hold on a person shreds the hold's key, under which "
-    "an erasure had re-sealed everything it kept; the person was never erased (no "
-    "shell, no 410, no certificate) yet now reads as a live contact whose every "
-    "personal field and note is `_erased`",
-)
 def test_releasing_a_hold_on_a_person_leaves_them_readable_or_properly_erased(
     client: TestClient, admin: dict[str, str], officer: dict[str, str], state: State
 ) -> None:

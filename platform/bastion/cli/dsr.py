@@ -162,8 +162,7 @@ def approve(acting_as: str, request_id: str, wait: bool) -> None:
         if not wait:
             _show(approved)
             return
-        region = approved["region"]
-        state.dsr_jobs.run(region, request_id)
+        state.dsr_jobs.run_now(approved["region"], request_id)
         _show(state.dsr.get(caller, request_id))
 
 

@@ -140,20 +140,34 @@ class DsrRunner:
             self._wake.wait(self._settings.poll_seconds)
             self._wake.clear()
 
-    def _claim(self, database: Database) -> str | None:
+    def _claim(self, database: Database, request_id: str | None = None) -> str | None:
         now = self._clock.now()
         with database.transaction(write=True) as conn:
-            return repo.claim(conn, now, self.worker_id, self._journal.lease_until(now))
+            return repo.claim(
+                conn, now, self.worker_id, self._journal.lease_until(now), request_id=request_id
+            )
+
+    def run_now(self, region: str, request_id: str) -> str:
+        """Claim this request and run it here (`bastion dsr approve --wait`); its status
+        after — `running` still if another worker holds it or it will be retried."""
+        database = self._regions.get(region)
+        if self._claim(database, request_id) is not None:
+            self.run(region, request_id)
+        with database.transaction() as conn:
+            request = repo.fetch_request(conn, request_id)
+        return str(request["status"]) if request else "missing"
 
     # -- one request -----------------------------------------------------------------
 
     def run(self, region: str, request_id: str) -> str:
-        """Run the request's remaining steps; its final status."""
+        """Run the remaining steps of a request this worker has claimed; its status."""
         database = self._regions.get(region)
         with database.transaction(write=True) as conn:
             request = repo.fetch_request(conn, request_id, lock=True)
             if request is None or request["status"] not in RUNNABLE:
                 return request["status"] if request else "missing"
+            if request["lease_owner"] != self.worker_id:
+                return str(request["status"])  # not ours (any more): leave it alone
             if request["status"] == "approved":
                 now = self._clock.now()
                 repo.update_request(conn, request_id, status="running", started_at=now)

@@ -86,8 +86,16 @@ def list_requests(
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def claim(conn: Connection, now: datetime, worker: str, lease_until: datetime) -> str | None:
-    """Take one runnable request whose lease is free; None if there is none.
+def claim(
+    conn: Connection,
+    now: datetime,
+    worker: str,
+    lease_until: datetime,
+    *,
+    request_id: str | None = None,
+) -> str | None:
+    """Take one runnable request whose lease is free (that one, given `request_id`);
+    None if there is none.
 
     PostgreSQL: `FOR UPDATE SKIP LOCKED`, so workers never wait on each other and
     never take the same request. SQLite: the write transaction is the lock.
@@ -101,17 +109,19 @@ def claim(conn: Connection, now: datetime, worker: str, lease_until: datetime) -
         .order_by(dsr_requests.c.due_at, dsr_requests.c.id)
         .limit(1)
     )
+    if request_id is not None:
+        query = query.where(dsr_requests.c.id == request_id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update(skip_locked=True)
-    request_id = conn.execute(query).scalar_one_or_none()
-    if request_id is None:
+    claimed = conn.execute(query).scalar_one_or_none()
+    if claimed is None:
         return None
     conn.execute(
         update(dsr_requests)
-        .where(dsr_requests.c.id == request_id)
+        .where(dsr_requests.c.id == claimed)
         .values(lease_owner=worker, lease_expires_at=lease_until)
     )
-    return str(request_id)
+    return str(claimed)
 
 
 def renew_lease(conn: Connection, request_id: str, worker: str, values: Mapping[str, Any]) -> bool:

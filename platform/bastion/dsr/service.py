@@ -280,7 +280,8 @@ class DsrService:
         def changes(now: datetime, stored: dict[str, Any]) -> dict[str, Any]:
             if stored["type"] in FOUR_EYES and stored["created_by"] == caller.principal.id:
                 raise InvalidTransition(
-                    f"a {stored['type']} must be approved by someone other than who created it"
+                    f"a request for {stored['type']} must be approved by someone other "
+                    "than its creator"
                 )
             return {"status": "approved", "approved_by": caller.principal.id, "approved_at": now}
 

@@ -147,10 +147,14 @@ class Steps:
         decisions = [erasure.Decision.from_dict(d) for d in done["discover"]["decisions"]]
         subjects = done["discover"]["subjects"]
         with database.transaction(write=True) as conn:
-            stored = _stored(conn, [d for d in decisions if d.action == "keep"])
-            changed = erasure.preserve(
-                self._keys, conn, region, request["id"], subjects, decisions, stored
-            )
+            changed = 0
+            if not done["discover"].get("person_held"):
+                # Only what outlives the person's key needs another: a held person's
+                # key is not destroyed (shred), so their kept records stay as they are.
+                stored = _stored(conn, [d for d in decisions if d.action == "keep"])
+                changed = erasure.preserve(
+                    self._keys, conn, region, request["id"], subjects, decisions, stored
+                )
             kept = sum(1 for d in decisions if d.action == "keep")
             return self._journal.complete(
                 conn, region, request, "preserve", {"values": changed}, {"kept": kept}
