@@ -764,3 +764,29 @@ def test_approve_wait_runs_the_request_in_the_command(
     assert approved.returncode == 0, approved.stderr[-2000:]
     shown = json.loads(approved.stdout)
     assert shown["status"] == "completed", shown
+    assert f"erasure {made['id']}" in approved.stderr  # the progress bar
+    assert f"finish ({len(STEPS['erasure'])}/{len(STEPS['erasure'])})" in approved.stderr
+
+    def watch(request_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bastion", "dsr", "watch", "--as", "dpo-approver", request_id],
+            env=env,
+            cwd=env["BASTION_HOME"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    watched = watch(made["id"])
+    assert watched.returncode == 0, watched.stderr[-2000:]
+    assert json.loads(watched.stdout)["status"] == "completed"
+    refused = client.post(
+        "/v1/dsr",
+        json={"type": "access", "subject_id": small_person(client, admin)},
+        headers=officer,
+    ).json()["id"]
+    client.post(f"/v1/dsr/{refused}/reject", json={"reason": "no proof"}, headers=officer)
+    watched = watch(refused)
+    assert watched.returncode == 1
+    assert json.loads(watched.stdout)["status"] == "rejected"

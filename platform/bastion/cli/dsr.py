@@ -19,6 +19,7 @@ import click
 
 from bastion.cli.common import cli_settings, open_state
 from bastion.dsr import certificate as certificates
+from bastion.dsr.model import FINAL, STEPS
 from bastion.principals.caller import Caller
 from bastion.state import State
 
@@ -162,8 +163,78 @@ def approve(acting_as: str, request_id: str, wait: bool) -> None:
         if not wait:
             _show(approved)
             return
-        state.dsr_jobs.run_now(approved["region"], request_id)
+        with _progress(approved) as bar:
+            state.dsr_jobs.run_now(
+                approved["region"], request_id, on_step=lambda step: bar.update(1, step)
+            )
         _show(state.dsr.get(caller, request_id))
+
+
+@dsr.command("watch")
+@_AS
+@click.argument("request_id")
+@click.option(
+    "--interval",
+    default=2.0,
+    type=click.FloatRange(0.2, 60),
+    show_default=True,
+    help="Seconds between looks (each look is an audited read of the request).",
+)
+def watch(acting_as: str, request_id: str, interval: float) -> None:
+    """Follow a request's steps with a progress bar until it ends; exit status 1 unless
+    it completed (fully or partially)."""
+    with _acting(acting_as) as (state, caller):
+        shown = state.dsr.get(caller, request_id)
+        with _progress(shown) as bar:
+            while shown["status"] not in FINAL:
+                time.sleep(interval)
+                before = _steps_done(shown)
+                shown = state.dsr.get(caller, request_id)
+                bar.update(_steps_done(shown) - before, shown["step"])
+        _show(shown)
+        if shown["status"] not in ("completed", "partially_completed"):
+            sys.exit(1)
+
+
+def _steps_done(request: dict[str, Any]) -> int:
+    return sum(1 for step in STEPS[request["type"]] if step in (request["progress"] or {}))
+
+
+@contextmanager
+def _progress(request: dict[str, Any]) -> Iterator[_Steps]:
+    """Progress over the request's steps, on stderr (stdout is the JSON): a bar on a
+    terminal, a line per step otherwise (logs, scripts)."""
+    steps = _Steps(request)
+    if sys.stderr.isatty():
+        with click.progressbar(
+            length=steps.total,
+            label=steps.label,
+            file=sys.stderr,
+            show_pos=True,
+            item_show_func=lambda step: step,
+        ) as bar:
+            steps.bar = bar
+            bar.update(steps.done)
+            yield steps
+    else:
+        yield steps
+
+
+class _Steps:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.label = f"{request['type']} {request['id']}"
+        self.total = len(STEPS[request["type"]])
+        self.done = _steps_done(request)
+        self.bar: Any = None
+
+    def update(self, count: int, step: str | None) -> None:
+        if count <= 0:
+            return
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count, step)
+        else:
+            click.echo(f"{self.label}: {step} ({self.done}/{self.total})", err=True)
 
 
 @dsr.command("reject")

@@ -147,20 +147,25 @@ class DsrRunner:
                 conn, now, self.worker_id, self._journal.lease_until(now), request_id=request_id
             )
 
-    def run_now(self, region: str, request_id: str) -> str:
+    def run_now(
+        self, region: str, request_id: str, on_step: Callable[[str], None] | None = None
+    ) -> str:
         """Claim this request and run it here (`bastion dsr approve --wait`); its status
         after — `running` still if another worker holds it or it will be retried."""
         database = self._regions.get(region)
         if self._claim(database, request_id) is not None:
-            self.run(region, request_id)
+            self.run(region, request_id, on_step)
         with database.transaction() as conn:
             request = repo.fetch_request(conn, request_id)
         return str(request["status"]) if request else "missing"
 
     # -- one request -----------------------------------------------------------------
 
-    def run(self, region: str, request_id: str) -> str:
-        """Run the remaining steps of a request this worker has claimed; its status."""
+    def run(
+        self, region: str, request_id: str, on_step: Callable[[str], None] | None = None
+    ) -> str:
+        """Run the remaining steps of a request this worker has claimed; its status.
+        `on_step` hears of each step as it completes (a progress bar)."""
         database = self._regions.get(region)
         with database.transaction(write=True) as conn:
             request = repo.fetch_request(conn, request_id, lock=True)
@@ -193,6 +198,8 @@ class DsrRunner:
                 )
                 return self._retry(database, request, step, type(exc).__name__)
             self._journal.hit(f"dsr:{step}")
+            if on_step is not None:
+                on_step(step)
         return str(request["status"])
 
     def _retry(self, database: Database, request: dict[str, Any], step: str, why: str) -> str:
