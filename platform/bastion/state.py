@@ -107,6 +107,7 @@ class State:
             clock=self.clock,
             policy=lambda: self.policy,
         )
+        cursors = CursorCodec(self.settings.secret_key.get_secret_value().encode())
         self.dsr = DsrService(
             regions=self.regions,
             keys=self.keys,
@@ -114,11 +115,11 @@ class State:
             clock=self.clock,
             gate=gate,
             settings=self.settings.dsr,
-            cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
+            cursors=cursors,
             wake=self.dsr_jobs.wake,
         )
         self.legal_holds = LegalHolds(
-            gate=gate, regions=self.regions, keys=self.keys, clock=self.clock
+            gate=gate, regions=self.regions, keys=self.keys, clock=self.clock, cursors=cursors
         )
         self.policy_store = PolicyStore(self.control, self.clock)
         self.policy_watcher = PolicyWatcher(

@@ -47,7 +47,7 @@ from bastion.crm.catalog import ENTITIES_BY_PREFIX
 from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.tables import subject_keys
 from bastion.dsr import repository as repo
-from bastion.dsr.erasure import retention_key
+from bastion.dsr.erasure import kept_key
 from bastion.dsr.jobs import DsrRunner
 from bastion.dsr.model import STEPS
 from bastion.dsr.tables import dsr_requests
@@ -353,7 +353,7 @@ def end_state(
     request_id: str,
 ) -> dict[str, Any]:
     """Everything a crash could have changed, in this world's labels, times left out."""
-    names = {**world.names, request_id: "<request>", retention_key(request_id): "<retained>"}
+    names = {**world.names, request_id: "<request>", kept_key(request_id): "<retained>"}
     shown = client.get(f"/v1/dsr/{request_id}", headers=officer).json()
     kind = shown["type"]
     snapshot: dict[str, Any] = {
@@ -376,7 +376,7 @@ def end_state(
     snapshot["records"] = records
     snapshot["bulk_left"] = bulk_left
     snapshot["keys"] = keys_left(
-        state, [world.subject, world.records["other"], world.hold, retention_key(request_id)]
+        state, [world.subject, world.records["other"], world.hold, kept_key(request_id)]
     )
     if kind == "erasure":
         document = client.get(f"/v1/dsr/{request_id}/certificate", headers=officer)

@@ -795,7 +795,8 @@ def test_a_held_activity_stays_readable_after_the_persons_key_is_shredded(
     assert [k["record_id"] for k in shown["result"]["kept"]] == [held]
     assert [k["record_id"] for k in shown["certificate"]["kept"]] == [held]
     assert keys_of(state, world.subject) == 0  # the person's key is gone...
-    assert keys_of(state, hold_id) == 1  # ...the note was re-sealed under the hold's
+    assert keys_of(state, f"retained:{shown['id']}") == 1  # ...the note is under the request's
+    assert keys_of(state, hold_id) == 0
     state.keys.cache.clear()
     got = client.get(f"/v1/activities/{held}", headers=admin)
     assert got.status_code == 200
@@ -813,10 +814,19 @@ def test_releasing_a_hold_on_an_activity_of_an_erased_person_erases_it(
     hold_id = hold(client, officer, held, "regulator's inquiry")
     erase(state, client, officer, world.subject)
     assert client.get(f"/v1/activities/{held}", headers=admin).status_code == 200
+    request_id = next(
+        r["id"]
+        for r in client.get("/v1/dsr", headers=officer).json()["data"]
+        if r["type"] == "erasure"
+    )
+    assert keys_of(state, f"retained:{request_id}") == 1
     release(client, officer, hold_id)
     # What the hold alone kept goes with it: the note, and the key it was sealed under.
     assert client.get(f"/v1/activities/{held}", headers=admin).status_code == 404
-    assert keys_of(state, hold_id) == 0
+    assert keys_of(state, f"retained:{request_id}") == 0
+    actions = [a for a, _, p in audit_rows(state) if about_request(p, request_id)]
+    assert actions.count("dsr.erasure.kept_deleted") == 1
+    assert actions.count("dsr.erasure.kept_released") == 1
     # The person stays erased: there is nothing left to erase again.
     again = client.post(
         "/v1/dsr", json={"type": "erasure", "subject_id": world.subject}, headers=officer
@@ -973,12 +983,12 @@ def test_what_a_retention_rule_kept_goes_when_the_retention_period_ends(
     assert client.get(f"/v1/activities/{mail}", headers=admin).status_code == 404
     assert keys_of(state, retained) == 0
     actions = [a for a, _, p in audit_rows(state) if about_request(p, request_id)]
-    assert actions.count("dsr.erasure.retention_expired") == 1
+    assert actions.count("dsr.erasure.kept_deleted") == 1
     state.dsr_jobs.run_once()  # nothing left to expire: no second event
     clock.advance(timedelta(hours=2))
     state.dsr_jobs.run_once()
     actions = [a for a, _, p in audit_rows(state) if about_request(p, request_id)]
-    assert actions.count("dsr.erasure.retention_expired") == 1
+    assert actions.count("dsr.erasure.kept_deleted") == 1
     assert client.get(f"/v1/activities/{world.other_note}", headers=admin).status_code == 200
 
 

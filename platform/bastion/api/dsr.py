@@ -136,13 +136,15 @@ async def holds(request: Request) -> Response:
         return JSON(
             created, status_code=201, headers={"Location": f"/v1/legal-holds/{created['id']}"}
         )
-    params = _params(request, frozenset({"region", "target_id", "active"}))
+    params = _params(request, frozenset({"region", "target_id", "active", "limit", "cursor"}))
     result = await run_in_threadpool(
-        service.list,
+        service.find,
         caller,
         region=params.get("region"),
         target_id=params.get("target_id"),
         active=_flag(params, "active"),
+        limit=_integer(params, "limit", 1, 200) or 50,
+        cursor=params.get("cursor"),
     )
     return JSON(result)
 
@@ -325,7 +327,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "tags": ["legal-holds"],
                 "parameters": [
                     {"name": n, "in": "query", "schema": {"type": "string"}}
-                    for n in ("region", "target_id", "active")
+                    for n in ("region", "target_id", "active", "limit", "cursor")
                 ],
                 "responses": {"200": {"description": "Legal holds."}, **errors},
             },

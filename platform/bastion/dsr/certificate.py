@@ -117,7 +117,10 @@ def as_text(body: Mapping[str, Any]) -> str:
         lines.append(f"  {entity}: {len(ids)} record(s)")
     lines.append(f"  data keys destroyed: {body['keys_destroyed']}")
     for entity, ids in sorted(body.get("pseudonymised", {}).items()):
-        lines.append(f"Pseudonymised (no longer identifies the person): {entity}: {len(ids)}")
+        lines.append(
+            f"Pseudonymised (kept; their link to the person now names the erased shell): "
+            f"{entity}: {len(ids)}"
+        )
     lines.append(f"  search indexes cleared: {body['indexes_cleared']}")
     lines.append("")
     if body["kept"]:

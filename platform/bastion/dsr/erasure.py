@@ -3,26 +3,27 @@
 The plan (made once, in the `discover` step, and stored with the request so a
 resumed job follows the same one) decides per record found:
 
-- a legal hold on the data subject holds everything: nothing is erased;
-- a legal hold on a record keeps that record; its encrypted fields are re-sealed
-  under the hold's own data key (`preserve`), so shredding the person's key does
-  not destroy evidence a court ordered kept — and releasing the hold later and
-  erasing again shreds that key too;
+- a legal hold on the data subject holds everything: nothing is erased, and the
+  person's key is not destroyed;
+- a legal hold on a record keeps that record;
 - a record about the person that a catalog retention rule covers (a business
-  e-mail: commercial correspondence) is kept, re-sealed under a retention key of
-  the request, and says why;
+  e-mail: commercial correspondence) is kept, and says why;
 - the person's own records (contact, lead) become shells: every personal field,
   encrypted value and blind index cleared, `erased_at` set; the row stays so kept
   records still link to something, and it reads as 410 Gone;
-- activities and cases about the person are deleted — unless a kept record still
-  links to them, in which case they are kept too and the result says so;
+- activities and cases about the person are deleted;
 - business records that merely name the person (a deal whose contact they were)
-  are the organisation's, not the person's: they are pseudonymised — their link
-  now points at the erased shell, and nothing in them identifies the person;
+  are the organisation's, not the person's: they stay, and their link now points
+  at the erased shell — a pseudonym (they hold no personal field of the person;
+  their own free text is the organisation's and is not rewritten);
 - the employer account is not the person's data and is left alone.
 
-Then every data key of the person is destroyed (`shred`): whatever ciphertext is
-left anywhere, backups included (once old KEK versions are retired), is noise.
+What is kept has its encrypted fields re-sealed under the request's own key
+(`preserve`, `kept_key`), so every data key of the person can then be destroyed
+(`shred`): whatever ciphertext is left anywhere, backups included (once old KEK
+versions are retired), is noise. Kept records go when nothing keeps them any more
+(`kept.sweep`). Nothing in the catalog links to an activity or a case, so deleting
+them never leaves a dangling link (tests/unit/dsr/test_rules.py checks it stays so).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from bastion.dsr.discovery import Discovery, Item
 from bastion.dsr.tables import legal_holds
 
 Action = Literal["shell", "delete", "pseudonymise", "keep"]
+_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +83,10 @@ def active_holds(
     """Active legal holds on any of `targets`, by target id."""
     ids = list(dict.fromkeys(targets))
     found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(ids), 500):
+    for start in range(0, len(ids), _BATCH):
         rows = conn.execute(
             select(legal_holds).where(
-                legal_holds.c.target_id.in_(ids[start : start + 500]),
+                legal_holds.c.target_id.in_(ids[start : start + _BATCH]),
                 legal_holds.c.released_at.is_(None),
                 or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > now),
             )
@@ -126,7 +128,6 @@ def plan(conn: Connection, discovery: Discovery, now: datetime) -> list[Decision
             )
         else:
             decisions[item.record_id] = Decision(item.entity, item.record_id, "delete")
-    _keep_what_kept_records_need(conn, decisions)
     return list(decisions.values())
 
 
@@ -137,51 +138,20 @@ def _retained(item: Item) -> tuple[str, str] | None:
     return None
 
 
-def _keep_what_kept_records_need(conn: Connection, decisions: dict[str, Decision]) -> None:
-    """A record to be deleted that a surviving record links to is kept instead."""
-    shelled = {rid for rid, d in decisions.items() if d.action == "shell"}
-    changed = True
-    while changed:
-        changed = False
-        doomed = {rid for rid, d in decisions.items() if d.action == "delete"}
-        for record_id in sorted(doomed):
-            decision = decisions[record_id]
-            if _referenced_by_survivor(conn, ENTITIES[decision.entity], record_id, doomed, shelled):
-                decisions[record_id] = Decision(
-                    decision.entity,
-                    record_id,
-                    "keep",
-                    "referenced",
-                    "kept records link to it; pseudonymised",
-                )
-                changed = True
-
-
-def _referenced_by_survivor(
-    conn: Connection, target: EntitySpec, record_id: str, doomed: set[str], shelled: set[str]
-) -> bool:
-    for spec in ENTITIES.values():
-        table = ENTITY_TABLES[spec.name]
-        for field in spec.fields:
-            if field.type != "ref" or field.ref != target.name:
-                continue
-            rows = conn.execute(
-                select(table.c.id).where(table.c[field.name] == record_id)
-            ).scalars()
-            for other in map(str, rows):
-                if other in doomed:
-                    continue
-                if other in shelled and field.read_only:
-                    continue  # a shell's conversion links are cleared when it is shelled
-                return True
-    return False
+def retention_years(spec: EntitySpec, values: Mapping[str, Any]) -> int:
+    """How many years the catalog's retention rules keep a record with these values
+    (0: none applies). Rules test plain fields, so stored rows answer as they are."""
+    return max(
+        (rule.years for rule in spec.retention if values.get(rule.field) in rule.values),
+        default=0,
+    )
 
 
 # -- the steps ------------------------------------------------------------------------
 
 
-def retention_key(request_id: str) -> str:
-    """The key subject that seals what an erasure request keeps under retention rules."""
+def kept_key(request_id: str) -> str:
+    """The key subject that seals what an erasure request keeps (held or retained)."""
     return f"retained:{request_id}"
 
 
@@ -194,9 +164,9 @@ def preserve(
     decisions: list[Decision],
     stored: Mapping[str, dict[str, Any]],
 ) -> int:
-    """Kept records sealed under a subject's key are re-sealed under the hold's key, or
-    the request's retention key, before the person's key is destroyed. Idempotent;
-    returns how many values were re-sealed."""
+    """Kept records sealed under a subject's key are re-sealed under the request's
+    `kept_key` before the person's key is destroyed. Idempotent; returns how many
+    values were re-sealed."""
     changed = 0
     for decision in decisions:
         values = stored.get(decision.record_id)
@@ -212,8 +182,7 @@ def preserve(
             old = keys.dek_by_id(conn, region, key_id_of(blob))
             if old.subject_id not in subjects:
                 continue  # someone else's key: not the person's data
-            keeper = decision.hold_id or retention_key(request_id)
-            new = keys.dek_for_subject(conn, region, keeper)
+            new = keys.dek_for_subject(conn, region, kept_key(request_id))
             context = FieldContext(region, spec.table_name, decision.record_id, field.name)
             columns[field.name] = reseal(blob, context, old, new)
         if columns:
@@ -221,6 +190,21 @@ def preserve(
             conn.execute(update(table).where(table.c.id == decision.record_id).values(**columns))
             changed += len(columns)
     return changed
+
+
+def stored_records(conn: Connection, decisions: list[Decision]) -> dict[str, dict[str, Any]]:
+    """The stored rows of the decisions' records that still exist, by id."""
+    stored: dict[str, dict[str, Any]] = {}
+    by_entity: dict[str, list[str]] = {}
+    for decision in decisions:
+        by_entity.setdefault(decision.entity, []).append(decision.record_id)
+    for entity, ids in by_entity.items():
+        table = ENTITY_TABLES[entity]
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
+            for row in conn.execute(select(table).where(table.c.id.in_(chunk))):
+                stored[str(row.id)] = dict(row._mapping)
+    return stored
 
 
 def delete_records(conn: Connection, decisions: list[Decision]) -> list[str]:
@@ -234,8 +218,8 @@ def delete_records(conn: Connection, decisions: list[Decision]) -> list[str]:
     for entity in sorted(by_entity, key=lambda e: order.index(e) if e in order else len(order)):
         table = ENTITY_TABLES[entity]
         ids = by_entity[entity]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
+        for start in range(0, len(ids), _BATCH):
+            chunk = ids[start : start + _BATCH]
             present = list(conn.execute(select(table.c.id).where(table.c.id.in_(chunk))).scalars())
             if present:
                 conn.execute(delete(table).where(table.c.id.in_(present)))

@@ -43,31 +43,46 @@ class Gate:
         action: str,
         record_ids: list[str] | None = None,
     ) -> Policy:
-        """The policy's decision; a refusal is audited in the region asked about."""
+        """The policy's decision; a refusal (a region the caller does not hold, or an
+        action its roles do not allow) is audited in the region asked about."""
         policy = self._policy()
         principal = caller.principal
         if region not in principal.regions:
+            self._refused(caller, region, resource, action, record_ids, policy)
             raise Forbidden(f"you may not access region {region}")
         if not policy.allows(principal.roles, region, resource, action):
-            with self._regions.get(region).transaction(write=True) as conn:
-                self._recorder.append(
-                    conn,
-                    region,
-                    AuditEvent.new(
-                        self._clock,
-                        actor=principal.id,
-                        action=f"{_EVENT_PREFIX[resource]}.{action}",
-                        entity=resource,
-                        decision="deny",
-                        record_ids=record_ids or [],
-                        reason="policy:action-denied",
-                        policy_version=policy.version,
-                        request_id=caller.request_id,
-                        client_address=caller.client_address,
-                    ),
-                )
+            self._refused(caller, region, resource, action, record_ids, policy)
             raise Forbidden(f"your roles do not allow {action} on {resource} in region {region}")
         return policy
+
+    def _refused(
+        self,
+        caller: Caller,
+        region: str,
+        resource: str,
+        action: str,
+        record_ids: list[str] | None,
+        policy: Policy,
+    ) -> None:
+        if region not in self._regions:
+            return  # no such region: nowhere to record it (callers answer 404/422)
+        with self._regions.get(region).transaction(write=True) as conn:
+            self._recorder.append(
+                conn,
+                region,
+                AuditEvent.new(
+                    self._clock,
+                    actor=caller.principal.id,
+                    action=f"{_EVENT_PREFIX[resource]}.{action}",
+                    entity=resource,
+                    decision="deny",
+                    record_ids=record_ids or [],
+                    reason="policy:action-denied",
+                    policy_version=policy.version,
+                    request_id=caller.request_id,
+                    client_address=caller.client_address,
+                ),
+            )
 
     def audit(
         self,

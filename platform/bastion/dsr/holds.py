@@ -1,41 +1,46 @@
 """Legal holds: a record, or everything about a person, kept through an erasure.
 
 A hold is placed (`legal_holds` create), listed (read) and released (release) in the
-held record's region, and audited there (`hold.create`, `hold.release`). Placing a
-hold and carrying out an erasure exclude each other (`repo.lock_holds`): a hold is
-never placed on a record an erasure is deleting. When a hold ends, what it alone
-kept from an erasure goes with it.
+held record's region, and audited there (`hold.create`, `hold.release`). Placing or
+releasing a hold and carrying out an erasure exclude each other (`repo.lock_holds`):
+a hold is never placed on a record an erasure is deleting, nor released under an
+erasure that planned to keep what it holds. When a hold ends, what it alone kept
+from an erasure goes with it (`kept.py`; an expired hold at the next housekeeping).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection
 
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES_BY_PREFIX
-from bastion.crm.codec import RecordCodec
+from bastion.crm.cursors import CursorCodec, Position
 from bastion.crm.records import to_json_value
-from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.keyring import Keyring
+from bastion.dsr import kept
 from bastion.dsr import repository as repo
 from bastion.dsr.gate import Gate
-from bastion.dsr.inputs import check_text, invalid, moment, spec_of
+from bastion.dsr.inputs import check_text, invalid, moment
 from bastion.errors import Conflict, FieldError, NotFound, ValidationFailed
+from bastion.policy.engine import Policy
 from bastion.principals.caller import Caller
 from bastion.residency.databases import Regions
 from bastion.residency.ids import InvalidId, RecordId
 
 HOLD_PREFIX = "hld"
-_LIST_MAX = 500
 
 
 class LegalHolds:
-    def __init__(self, *, gate: Gate, regions: Regions, keys: Keyring, clock: Clock) -> None:
+    def __init__(
+        self, *, gate: Gate, regions: Regions, keys: Keyring, clock: Clock, cursors: CursorCodec
+    ) -> None:
         self._gate = gate
+        self._cursors = cursors
         self._regions = regions
         self._keys = keys
         self._clock = clock
@@ -67,8 +72,7 @@ class LegalHolds:
         spec = ENTITIES_BY_PREFIX[parsed.prefix]
         with self._regions.get(region).transaction(write=True) as conn:
             repo.lock_holds(conn, region)
-            table = ENTITY_TABLES[spec.name]
-            if conn.execute(select(table.c.id).where(table.c.id == target)).first() is None:
+            if not repo.record_exists(conn, spec.name, target):
                 raise NotFound(f"no {spec.singular} has that id")
             running = repo.running_erasures_touching(conn, target)
             if running:
@@ -95,62 +99,115 @@ class LegalHolds:
         assert stored is not None
         return _render(stored, now)
 
-    def list(
-        self, caller: Caller, *, region: str | None, target_id: str | None, active: bool
+    def find(
+        self,
+        caller: Caller,
+        *,
+        region: str | None,
+        target_id: str | None,
+        active: bool,
+        limit: int,
+        cursor: str | None,
     ) -> dict[str, Any]:
+        """Holds newest first, across the caller's regions, a page at a time."""
         regions = self._gate.listed_regions(caller, region, "legal_holds", "read")
+        fingerprint = json.dumps(["legal-holds", regions, target_id, active])
+        before = self._cursors.open(fingerprint, cursor).id if cursor is not None else None
         now = self._clock.now()
         holds: list[dict[str, Any]] = []
         for name in regions:
             with self._regions.get(name).transaction() as conn:
                 holds += repo.list_holds(
-                    conn, target_id=target_id, active_at=now if active else None, limit=_LIST_MAX
+                    conn,
+                    target_id=target_id,
+                    active_at=now if active else None,
+                    before=before,
+                    limit=limit + 1,
                 )
-        return {"data": [_render(h, now) for h in holds], "next_cursor": None}
+        holds.sort(key=lambda h: str(h["id"]), reverse=True)
+        page, more = holds[:limit], len(holds) > limit
+        next_cursor = None
+        if more:
+            last = str(page[-1]["id"])
+            next_cursor = self._cursors.seal(fingerprint, Position(last, last))
+        return {"data": [_render(h, now) for h in page], "next_cursor": next_cursor}
 
     def release(self, caller: Caller, hold_id: str) -> dict[str, Any]:
+        """End a hold. What it alone kept from an erasure goes at once (`kept.sweep`);
+        refused while an erasure touching its target runs (its plan counts on it)."""
         region = self._gate.route(caller, hold_id, HOLD_PREFIX, "legal hold")
         policy = self._gate.allow(caller, region, "legal_holds", "release", [hold_id])
         now = self._clock.now()
         with self._regions.get(region).transaction(write=True) as conn:
+            repo.lock_holds(conn, region)
             stored = repo.fetch_hold(conn, hold_id)
             if stored is None:
                 raise NotFound("no legal hold has that id")
-            if stored["released_at"] is not None:
+            target = str(stored["target_id"])
+            running = repo.running_erasures_touching(conn, target)
+            if running:
+                raise Conflict(
+                    f"erasure {running[0]} is being carried out on this record and counts on "
+                    "the hold; release it once the erasure ends"
+                )
+            if not repo.release_hold(conn, hold_id, now, caller.principal.id):
                 raise Conflict("the legal hold is already released")
-            repo.release_hold(conn, hold_id, now, caller.principal.id)
-            erased = self._erase_released(conn, region, stored)
+            deleted = self._sweep(conn, caller, region, policy, target, now)
             self._gate.audit(
                 conn,
                 caller,
                 region,
                 policy,
                 "hold.release",
-                [hold_id, stored["target_id"]],
+                [hold_id, target],
                 "legal_holds",
-                {"erased": erased},
+                {"erased": len(deleted)},
             )
             released = repo.fetch_hold(conn, hold_id)
         assert released is not None
         return _render(released, now)
 
-    def _erase_released(self, conn: Connection, region: str, hold: Mapping[str, Any]) -> bool:
-        """When a hold ends, what it alone kept from an erasure goes: a held activity or
-        case about a person who was since erased is deleted, and the hold's key (which
-        sealed what it kept) is destroyed. Whether a record was erased."""
-        target = str(hold["target_id"])
-        spec = spec_of(target)
-        table = ENTITY_TABLES[spec.name]
-        row = conn.execute(select(table).where(table.c.id == target)).one_or_none()
-        erased = False
-        if row is not None and not spec.data_subject and spec.key_subject_from:
-            values = dict(row._mapping)
-            subject = RecordCodec.key_subject(spec, target, values)
-            if subject != target and _is_erased(conn, subject):
-                conn.execute(delete(table).where(table.c.id == target))
-                erased = True
-        self._keys.shred(conn, region, str(hold["id"]))
-        return erased
+    def _sweep(
+        self,
+        conn: Connection,
+        caller: Caller,
+        region: str,
+        policy: Policy,
+        target: str,
+        now: datetime,
+    ) -> list[str]:
+        """Sweep the finished erasures that kept `target`; the records deleted."""
+        deleted: list[str] = []
+        for request_id in repo.erasures_keeping(conn):
+            request = repo.fetch_request(conn, request_id, lock=True)
+            steps = repo.done_steps(conn, request_id)
+            if request is None or not kept.keeping(request, steps, target):
+                continue
+            swept = kept.sweep(conn, self._keys, request, steps, now)
+            if swept is None:
+                continue
+            for chunk in kept.chunks(swept.deleted):
+                self._gate.audit(
+                    conn,
+                    caller,
+                    region,
+                    policy,
+                    "dsr.erasure.kept_deleted",
+                    [request_id, *chunk],
+                    details={"records": len(chunk)},
+                )
+            if swept.remaining == 0:
+                self._gate.audit(
+                    conn,
+                    caller,
+                    region,
+                    policy,
+                    f"dsr.erasure.{kept.DONE}",
+                    [request_id],
+                    details={"keys": swept.keys_destroyed},
+                )
+            deleted += swept.deleted
+        return deleted
 
 
 def _render(stored: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -158,13 +215,3 @@ def _render(stored: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     expired = stored["expires_at"] is not None and stored["expires_at"] <= now
     shown["active"] = stored["released_at"] is None and not expired
     return shown
-
-
-def _is_erased(conn: Connection, record_id: str) -> bool:
-    table = ENTITY_TABLES[spec_of(record_id).name]
-    if "erased_at" not in table.c:
-        return False
-    erased_at = conn.execute(
-        select(table.c.erased_at).where(table.c.id == record_id)
-    ).scalar_one_or_none()
-    return erased_at is not None

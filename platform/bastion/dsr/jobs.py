@@ -3,10 +3,12 @@
 A worker (`bastion worker`, or a thread in the serving process on the embedded
 default) claims an approved request with a lease (PostgreSQL: `FOR UPDATE SKIP
 LOCKED`, so any number of workers share the queue), then runs the type's steps in
-order (`model.STEPS`). A step's work and its completion record (a `dsr_steps` row
-and a `dsr.<type>.<step>` audit event) commit in the same transaction, so a step
-either happened once or not at all; long steps (deleting thousands of records)
-work in batches that are each idempotent. A worker killed at any point leaves a
+order (`model.STEPS`). A step's completion record (a `dsr_steps` row and a
+`dsr.<type>.<step>` audit event) commits with the step's last transaction, and only
+while the lease is this worker's, so a step is recorded once. Its work is
+idempotent: long steps (deleting thousands of records) work in batches, and a
+step that runs again — after a crash, or in the worker that took over a lease —
+re-reads what still exists and changes nothing already done. A worker killed at any point leaves a
 lease that expires; the next worker resumes at the first step without a record.
 Two requests for the same person cannot double-apply: every step re-reads what
 still exists.
@@ -211,26 +213,37 @@ class DsrRunner:
         progress["attempts"] = attempts
         request["progress"] = progress
         with database.transaction(write=True) as conn:
-            repo.update_request(
+            # Only while the lease is ours: a worker that took over decides now.
+            repo.update_if_leased(
                 conn,
                 request["id"],
-                progress=progress,
-                lease_owner=None,
-                lease_expires_at=self._clock.now() + timedelta(seconds=RETRY_AFTER_SECONDS),
+                self.worker_id,
+                {
+                    "progress": progress,
+                    "lease_owner": None,
+                    "lease_expires_at": self._clock.now() + timedelta(seconds=RETRY_AFTER_SECONDS),
+                },
             )
         return "running"
 
     def _fail(self, database: Database, request: dict[str, Any], step: str, why: str) -> str:
         with database.transaction(write=True) as conn:
-            repo.update_request(
+            failed = repo.update_if_leased(
                 conn,
                 request["id"],
-                status="failed",
-                error=f"{step}: {why}"[:500],
-                lease_owner=None,
-                lease_expires_at=None,
-                completed_at=self._clock.now(),
+                self.worker_id,
+                {
+                    "status": "failed",
+                    "error": f"{step}: {why}"[:500],
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "completed_at": self._clock.now(),
+                },
             )
+            if not failed:
+                # Another worker holds the request now: its outcome stands, not ours.
+                log.warning("dsr_lease_lost", request=request["id"], step=step)
+                return "running"
             if request["type"] == "rectification":  # its corrections will not be applied
                 self._keys.shred(conn, database.name, request["id"])
             self._journal.event(conn, database.name, request, "failed")

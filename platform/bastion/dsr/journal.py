@@ -2,8 +2,9 @@
 
 A step's completion (a `dsr_steps` row, the request's progress and a
 `dsr.<type>.<step>` audit event) is written in the step's own last transaction, and
-only while this worker still holds the request's lease — so a step happens once or
-not at all, whichever worker ends up finishing the request.
+only while this worker still holds the request's lease — so a step is recorded once,
+whichever worker ends up finishing the request. (Its work may have been done twice
+— once by a worker that lost its lease — which is why every step is idempotent.)
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class Journal:
         if step is not None:
             values["step"] = step
         with database.transaction(write=True) as conn:
-            if not repo.renew_lease(conn, request_id, self.worker_id, values):
+            if not repo.update_if_leased(conn, request_id, self.worker_id, values):
                 raise LeaseLost(request_id)
 
     def complete(

@@ -19,7 +19,7 @@ from sqlalchemy import (
     update,
 )
 
-from bastion.crm.tables import idempotency_keys
+from bastion.crm.tables import ENTITY_TABLES, idempotency_keys
 from bastion.dsr.model import RUNNABLE
 from bastion.dsr.tables import dsr_certificates, dsr_packages, dsr_requests, dsr_steps, legal_holds
 
@@ -124,7 +124,9 @@ def claim(
     return str(claimed)
 
 
-def renew_lease(conn: Connection, request_id: str, worker: str, values: Mapping[str, Any]) -> bool:
+def update_if_leased(
+    conn: Connection, request_id: str, worker: str, values: Mapping[str, Any]
+) -> bool:
     """Update the request if `worker` holds its lease; whether it does."""
     result = conn.execute(
         update(dsr_requests)
@@ -223,9 +225,17 @@ def fetch_hold(conn: Connection, hold_id: str) -> dict[str, Any] | None:
 
 
 def list_holds(
-    conn: Connection, *, target_id: str | None, active_at: datetime | None, limit: int
+    conn: Connection,
+    *,
+    target_id: str | None,
+    active_at: datetime | None,
+    before: str | None,
+    limit: int,
 ) -> list[dict[str, Any]]:
+    """Holds, newest first (ids are time-ordered), after the id `before` if given."""
     query = select(legal_holds)
+    if before is not None:
+        query = query.where(legal_holds.c.id < before)
     if target_id is not None:
         query = query.where(legal_holds.c.target_id == target_id)
     if active_at is not None:
@@ -233,16 +243,23 @@ def list_holds(
             legal_holds.c.released_at.is_(None),
             or_(legal_holds.c.expires_at.is_(None), legal_holds.c.expires_at > active_at),
         )
-    query = query.order_by(legal_holds.c.created_at.desc(), legal_holds.c.id).limit(limit)
+    query = query.order_by(legal_holds.c.id.desc()).limit(limit)
     return [dict(row._mapping) for row in conn.execute(query)]
 
 
-def release_hold(conn: Connection, hold_id: str, now: datetime, by: str) -> None:
-    conn.execute(
+def release_hold(conn: Connection, hold_id: str, now: datetime, by: str) -> bool:
+    """Release a hold not released yet; whether this call released it."""
+    result = conn.execute(
         update(legal_holds)
-        .where(legal_holds.c.id == hold_id)
+        .where(legal_holds.c.id == hold_id, legal_holds.c.released_at.is_(None))
         .values(released_at=now, released_by=by)
     )
+    return result.rowcount == 1
+
+
+def record_exists(conn: Connection, entity: str, record_id: str) -> bool:
+    table = ENTITY_TABLES[entity]
+    return conn.execute(select(table.c.id).where(table.c.id == record_id)).first() is not None
 
 
 def lock_holds(conn: Connection, region: str) -> None:
@@ -294,10 +311,14 @@ def running_erasures_touching(conn: Connection, target_id: str) -> list[str]:
     return touching
 
 
-def finished_erasures_with_kept(conn: Connection) -> list[str]:
+def erasures_keeping(conn: Connection) -> list[str]:
+    """Finished erasures that may still keep records (`kept.sweep` has not emptied)."""
+    swept = select(dsr_steps.c.request_id).where(dsr_steps.c.step == "kept_released")
     rows = conn.execute(
         select(dsr_requests.c.id).where(
-            dsr_requests.c.type == "erasure", dsr_requests.c.status == "partially_completed"
+            dsr_requests.c.type == "erasure",
+            dsr_requests.c.status == "partially_completed",
+            dsr_requests.c.id.not_in(swept),
         )
     ).scalars()
     return [str(r) for r in rows]

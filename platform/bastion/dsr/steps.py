@@ -14,20 +14,17 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, select
-
 from bastion.audit import AuditLog
 from bastion.audit.chain import head
 from bastion.clock import Clock
-from bastion.crm.catalog import ENTITIES
 from bastion.crm.service import RecordService
-from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.envelope import FieldContext
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import certificate, erasure
 from bastion.dsr import package as export_package
 from bastion.dsr import repository as repo
 from bastion.dsr.discovery import discover as discover_subjects
+from bastion.dsr.inputs import spec_of
 from bastion.dsr.journal import Journal
 from bastion.dsr.settings import DsrSettings
 from bastion.policy.engine import Policy
@@ -151,7 +148,7 @@ class Steps:
             if not done["discover"].get("person_held"):
                 # Only what outlives the person's key needs another: a held person's
                 # key is not destroyed (shred), so their kept records stay as they are.
-                stored = _stored(conn, [d for d in decisions if d.action == "keep"])
+                stored = erasure.stored_records(conn, [d for d in decisions if d.action == "keep"])
                 changed = erasure.preserve(
                     self._keys, conn, region, request["id"], subjects, decisions, stored
                 )
@@ -279,7 +276,7 @@ class Steps:
     ) -> dict[str, Any]:
         region = database.name
         subject = request["subject_ids"][0]
-        entity = next(s for s in ENTITIES.values() if subject.startswith(s.prefix + "_"))
+        entity = spec_of(subject)
         with database.transaction(write=True) as conn:
             blob = request["corrections"]
             corrections = json.loads(
@@ -344,18 +341,3 @@ class Steps:
                 self._keys.shred(conn, region, request["id"])
             request["status"] = status
             return details
-
-
-def _stored(conn: Connection, decisions: list[erasure.Decision]) -> dict[str, dict[str, Any]]:
-    stored: dict[str, dict[str, Any]] = {}
-    by_entity: dict[str, list[str]] = {}
-    for decision in decisions:
-        by_entity.setdefault(decision.entity, []).append(decision.record_id)
-    for entity, ids in by_entity.items():
-        table = ENTITY_TABLES[entity]
-        for start in range(0, len(ids), _BATCH):
-            for row in conn.execute(
-                select(table).where(table.c.id.in_(ids[start : start + _BATCH]))
-            ):
-                stored[str(row.id)] = dict(row._mapping)
-    return stored

@@ -27,9 +27,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any, Literal
 
-from bastion.policy.conditions import WHOLE_REGION
+from bastion.policy.conditions import WHOLE_REGION, Clause
 from bastion.policy.engine import Policy, PolicySource, build_policy
 from bastion.policy.resources import SYSTEM_RESOURCES
 from bastion.policy.rules import (
@@ -339,11 +341,13 @@ def _write_without_read(policy: Policy) -> list[Finding]:
 
 
 def _self_unlocking_reads(policy: Policy) -> list[Finding]:
-    """A read allowed only while `status not in closed` is no limit on a role that may
-    set status back to open: its write of `status` must test `old.status` as well."""
+    """A read allowed only while `status not in closed` (or denied while `status in
+    closed`) is no limit on a role that may set status back to open: its write of
+    `status` must be possible only while the read is already allowed — an `old.status`
+    condition that says so."""
     findings: list[Finding] = []
     for rule in policy.parsed.field_rules:
-        if rule.effect != "allow" or rule.action == "write" or rule.condition is None:
+        if rule.action == "write" or rule.condition is None:
             continue
         entity = next(iter(rule.fields))[0]
         tested = sorted({c.field for c in rule.condition.clauses if not c.old})
@@ -354,15 +358,16 @@ def _self_unlocking_reads(policy: Policy) -> list[Finding]:
                 for holder in _roles_granted(policy, rule.role)
                 for region in regions
                 for name in tested
-                if _unguarded_write(policy, holder, region, entity, name)
+                if _can_unlock(policy, rule, holder, region, entity, name)
             }
         )
         findings.extend(
             Finding(
                 "warning",
                 "self-unlocking-read",
-                f"{holder} may change {entity}.{name}, which this read depends on, without "
-                f"an `old.{name}` condition: it could rewrite {name} to unlock the read",
+                f"{holder} may change {entity}.{name}, which this read depends on, from a "
+                f"value that withholds the field: guard its write with an `old.{name}` "
+                "condition under which the read is already allowed",
                 rule.line,
             )
             for holder, name in unguarded
@@ -370,21 +375,69 @@ def _self_unlocking_reads(policy: Policy) -> list[Finding]:
     return findings
 
 
-def _unguarded_write(policy: Policy, role: str, region: str, entity: str, name: str) -> bool:
-    """Whether `role` may write `entity.name` under some rule that does not test `old.name`."""
+def _can_unlock(
+    policy: Policy, read: FieldRule, role: str, region: str, entity: str, name: str
+) -> bool:
+    """Whether `role` may write `entity.name` while it holds a value under which `read`
+    withholds the field — judged on the values the conditions mention (and null, and
+    their neighbours), counting a write rule's other clauses as satisfiable."""
     if name not in policy.mask(frozenset({role}), region, entity, "write").possible:
         return False
+    assert read.condition is not None
+    on_field = [c for c in read.condition.clauses if c.field == name and not c.old]
     implied = policy.implied_roles.get(role, frozenset({role}))
-    return any(
-        rule.effect == "allow"
-        and rule.role in implied
-        and rule.matches(region, (entity, name), "write")
-        and not (
-            rule.condition is not None
-            and any(c.old and c.field == name for c in rule.condition.clauses)
+    writes = [
+        r
+        for r in policy.parsed.field_rules
+        if r.role in implied and r.matches(region, (entity, name), "write")
+    ]
+    guards = [_old_clauses(r, name) for r in writes]
+    candidates = _candidates([*on_field, *(c for g in guards for c in g)])
+    for value in candidates:
+        facts = {name: value}
+        withheld = all(c.holds(facts) for c in on_field)
+        if read.effect == "allow":
+            withheld = not withheld
+        allowed = any(
+            r.effect == "allow" and all(c.holds(facts) for c in g)
+            for r, g in zip(writes, guards, strict=True)
         )
-        for rule in policy.parsed.field_rules
-    )
+        denied = any(
+            r.effect == "deny" and _only_old(r, name) and all(c.holds(facts) for c in g)
+            for r, g in zip(writes, guards, strict=True)
+        )
+        if withheld and allowed and not denied:
+            return True
+    return False
+
+
+def _old_clauses(rule: FieldRule, name: str) -> list[Clause]:
+    if rule.condition is None:
+        return []
+    return [c for c in rule.condition.clauses if c.old and c.field == name]
+
+
+def _only_old(rule: FieldRule, name: str) -> bool:
+    """A deny that applies whenever its `old.name` clauses hold (no other clause)."""
+    return rule.condition is None or all(c.old and c.field == name for c in rule.condition.clauses)
+
+
+def _candidates(clauses: list[Clause]) -> list[Any]:
+    """Values worth trying against clauses on one field: theirs, null, and neighbours."""
+    values: list[Any] = [None]
+    for clause in clauses:
+        literals = clause.value if isinstance(clause.value, frozenset) else {clause.value}
+        for literal in literals:
+            values.append(literal)
+            if isinstance(literal, bool):
+                values.append(not literal)
+            elif isinstance(literal, int | Decimal):
+                values += [literal - 1, literal + 1]
+            elif isinstance(literal, date):
+                values += [literal - timedelta(days=1), literal + timedelta(days=1)]
+            elif isinstance(literal, str):
+                values.append(literal + "\x00other")
+    return values
 
 
 def _duplicates(policy: Policy) -> list[Finding]:

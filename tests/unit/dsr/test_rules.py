@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bastion.audit.keys import SigningKey
+from bastion.crm.catalog import ENTITIES
 from bastion.dsr import certificate
+from bastion.dsr.erasure import retention_years
 from bastion.dsr.model import InvalidTransition, due_at, require_status
 from bastion.dsr.package import _cell
 
@@ -159,3 +161,26 @@ def test_no_csv_cell_starts_with_a_formula_character(text: str) -> None:
     first, second = cell[0], cell[1:2]
     assert first not in "=@\t\r"
     assert not (first in "+-" and not second.isdigit())
+
+
+def test_erasure_may_delete_activities_and_cases_because_nothing_links_to_them() -> None:
+    """Erasure deletes the activities and cases about a person outright; were a field
+    to link to one, a kept record could be left pointing at nothing."""
+    linking = [
+        f"{spec.name}.{field.name}"
+        for spec in ENTITIES.values()
+        for field in spec.fields
+        if field.type == "ref" and field.ref in ("activities", "cases")
+    ]
+    assert linking == []
+
+
+def test_retention_rules_test_plain_fields_so_stored_rows_answer_them() -> None:
+    for spec in ENTITIES.values():
+        for rule in spec.retention:
+            field = spec.field(rule.field)
+            assert field is not None, (spec.name, rule.field)
+            assert not field.encrypted, (spec.name, rule.field)
+            row = {rule.field: next(iter(rule.values))}
+            assert retention_years(spec, row) == rule.years
+            assert retention_years(spec, {rule.field: None}) == 0

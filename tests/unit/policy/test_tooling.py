@@ -90,12 +90,44 @@ _CASES = (
             "p2, agent, *, cases.status, write, old.status != closed, allow\n",
             False,
         ),
+        # A guard that only lets a closed case change (reopen it) is no guard.
+        (
+            "p2, agent, *, cases.status, read, , allow\n"
+            "p2, agent, *, cases.status, write, old.status == closed, allow\n",
+            True,
+        ),
+        # A deny on the write while closed guards as well as a conditional allow.
+        (
+            "p2, agent, *, cases.status, *, , allow\n"
+            "p2, agent, *, cases.status, write, old.status == closed, deny\n",
+            False,
+        ),
     ],
 )
 def test_lint_warns_of_a_read_condition_the_role_may_rewrite(
     status_write: str, warned: bool
 ) -> None:
     assert ("self-unlocking-read" in codes(_CASES + status_write)) is warned
+
+
+@pytest.mark.parametrize(
+    ("status_write", "warned"),
+    [
+        ("p2, agent, *, cases.status, *, , allow\n", True),
+        (
+            "p2, agent, *, cases.status, read, , allow\n"
+            "p2, agent, *, cases.status, write, old.status not in resolved|closed, allow\n",
+            False,
+        ),
+    ],
+)
+def test_a_conditional_deny_on_a_read_is_as_unlockable(status_write: str, warned: bool) -> None:
+    text = (
+        "p, agent, *, cases, read, all, allow\np, agent, *, cases, update, all, allow\n"
+        "p2, agent, *, cases.description, read, , allow\n"
+        "p2, agent, *, cases.description, read, status in resolved|closed, deny\n"
+    )
+    assert ("self-unlocking-read" in codes(text + status_write)) is warned
 
 
 def test_self_unlocking_reads_are_found_through_inheritance() -> None:
