@@ -22,7 +22,7 @@ from bastion.crm.cursors import CursorCodec
 from bastion.crm.service import RecordService
 from bastion.crypto.keyring import Keyring, build_keyring
 from bastion.dsr.gate import Gate
-from bastion.dsr.holds import LegalHolds
+from bastion.dsr.holds import LegalHolds, preservation
 from bastion.dsr.jobs import DsrRunner
 from bastion.dsr.service import DsrService
 from bastion.errors import RegionUnavailable
@@ -118,6 +118,7 @@ class State:
             cursors=cursors,
             wake=self.dsr_jobs.wake,
         )
+        self.records.preservation = preservation(self.clock)
         self.legal_holds = LegalHolds(
             gate=gate, regions=self.regions, keys=self.keys, clock=self.clock, cursors=cursors
         )

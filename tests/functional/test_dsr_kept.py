@@ -215,3 +215,75 @@ def test_a_region_the_officer_does_not_hold_is_refused_and_audited_there(
             select(events.c.action, events.c.decision).where(events.c.action == "dsr.list")
         ).all()
     assert [tuple(row) for row in denied] == [("dsr.list", "deny")]
+
+
+def test_what_an_erasure_kept_is_restricted_to_those_handling_requests(
+    client: TestClient,
+    admin: dict[str, str],
+    officer: dict[str, str],
+    state: State,
+    tokens: Tokens,
+) -> None:
+    world = small_world(client, admin)
+    mail = email_about(client, admin, world.subject)
+    erase(state, client, officer, world.subject)
+    support = tokens.headers("support_agent", name="agent")
+    shown = client.get(f"/v1/activities/{mail}", headers=support)
+    assert shown.status_code == 200, shown.text
+    assert "body" not in shown.json()
+    assert "body" in shown.json()["_restricted"]
+    assert "Zq offer" not in shown.text
+    listed = client.get("/v1/activities", headers=support).json()["data"]
+    (row,) = [r for r in listed if r["id"] == mail]
+    assert "body" not in row
+    assert "Zq offer" not in str(listed)
+    # Those who handle data subjects' requests (here the officer; the admin) see it.
+    for headers in (officer, admin):
+        kept = client.get(f"/v1/activities/{mail}", headers=headers).json()
+        assert kept["body"] == "Zq offer"
+        assert "_restricted" not in kept
+    # Everyone else's records read as before.
+    other = client.get(f"/v1/activities/{world.other_note}", headers=support).json()
+    assert "_restricted" not in other
+    assert other["body"] == world.bodies[world.other_note]
+
+
+def test_what_an_erasure_kept_can_neither_change_nor_be_deleted(
+    client: TestClient, admin: dict[str, str], officer: dict[str, str], state: State
+) -> None:
+    world = small_world(client, admin)
+    mail = email_about(client, admin, world.subject)
+    erase(state, client, officer, world.subject)
+    before = client.get(f"/v1/activities/{mail}", headers=admin).json()
+    url = f"/v1/activities/{mail}"
+    changed = client.patch(
+        url, json={"body": "rewritten"}, headers={**admin, "If-Match": f'"v{before["version"]}"'}
+    )
+    assert changed.status_code == 409, changed.text
+    assert changed.headers["content-type"] == "application/problem+json"
+    assert "kept after its data subject's erasure" in changed.json()["detail"]
+    deleted = client.delete(url, headers=admin)
+    assert deleted.status_code == 409, deleted.text
+    assert client.get(url, headers=admin).json() == before
+
+
+def test_a_held_record_may_change_but_not_be_deleted(
+    client: TestClient, admin: dict[str, str], officer: dict[str, str]
+) -> None:
+    world = small_world(client, admin)
+    note = world.notes[0]
+    hold_id = hold(client, officer, note, "court order")
+    url = f"/v1/activities/{note}"
+    refused = client.delete(url, headers=admin)
+    assert refused.status_code == 409, refused.text
+    assert hold_id in refused.json()["detail"]
+    changed = client.patch(url, json={"subject": "s2"}, headers={**admin, "If-Match": '"v1"'})
+    assert changed.status_code == 200, changed.text
+    # A hold on the person covers what is about them, and the person.
+    person_hold = hold(client, officer, world.subject, "litigation")
+    for entity, record_id in (("activities", world.notes[1]), ("contacts", world.subject)):
+        refused = client.delete(f"/v1/{entity}/{record_id}", headers=admin)
+        assert refused.status_code == 409, (entity, refused.text)
+    release(client, officer, person_hold)
+    release(client, officer, hold_id)
+    assert client.delete(url, headers=admin).status_code == 204

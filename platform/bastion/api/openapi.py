@@ -23,7 +23,7 @@ from bastion.api.openapi_tailor import tailored
 from bastion.api.problems import JSON
 from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.listing import DEFAULT_LIMIT, MAX_LIMIT
-from bastion.crm.records import WITHHELD
+from bastion.crm.records import ERASED, RESTRICTED, WITHHELD
 from bastion.crm.schemas import create_model, json_schema, patch_model
 
 _PROBLEM = {"$ref": "#/components/responses/Problem"}
@@ -63,6 +63,18 @@ def _record_schema(spec: EntitySpec) -> dict[str, Any]:
         "type": "array",
         "items": {"type": "string"},
         "description": "Fields of this record the caller may not read (absent from it).",
+    }
+    properties[ERASED] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Readable fields whose data subject was erased (absent; only if any).",
+    }
+    properties[RESTRICTED] = {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Readable fields kept after their data subject's erasure, for a legal "
+        "hold or a retention rule: shown only to those who handle data subjects' requests "
+        "(absent; only if any).",
     }
     return {
         "type": "object",

@@ -88,6 +88,11 @@ class Access:
                 "set owner_id and team_id inside it"
             )
 
+    def sees_kept_data(self, region: str) -> bool:
+        """What an erasure kept (for a legal hold or a retention rule) is restricted to
+        its purpose: only those allowed to read data subjects' requests see it."""
+        return self.policy.allows(self._roles, region, "dsr", "read")
+
     # -- fields ------------------------------------------------------------------------
 
     def mask(self, region: str, spec: EntitySpec, action: FieldAction) -> FieldMask:

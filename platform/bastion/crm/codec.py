@@ -10,7 +10,9 @@ store a blind index (`<field>_bidx`) of the normalised value.
 
 Decryption happens only for the fields a caller may read, inside the request's
 transaction. A value whose key was destroyed (an erased data subject) is not
-decrypted into garbage: it is reported as erased.
+decrypted into garbage: it is reported as erased. A value sealed under a key of
+kept data (`KEPT_PREFIX`: what an erasure kept for a legal hold or a retention
+rule) is restricted (GDPR Art. 18): decrypted only for callers allowed to see it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from bastion.crypto.keyring import Keyring
 from bastion.crypto.normalize import IndexKind, normalize
 
 _INDEX_KINDS: Mapping[str, IndexKind] = {"email": "email", "phone": "phone"}
+# Key subjects of data kept after its data subject's erasure (`dsr.erasure.kept_key`).
+KEPT_PREFIX = "retained:"
 
 
 def index_kind(field: FieldSpec) -> IndexKind:
@@ -71,6 +75,7 @@ class Revealed:
 
     values: dict[str, Any]
     erased: tuple[str, ...]  # fields whose data key was destroyed
+    restricted: tuple[str, ...] = ()  # kept after an erasure; not for this caller
 
 
 class RecordCodec:
@@ -136,11 +141,15 @@ class RecordCodec:
         region: str,
         stored: Mapping[str, Any],
         fields: Collection[str],
+        *,
+        restricted_too: bool = True,
     ) -> Revealed:
         """The record with the encrypted fields among `fields` decrypted; the other
-        encrypted fields are dropped (never handed on as ciphertext)."""
+        encrypted fields are dropped (never handed on as ciphertext). Without
+        `restricted_too`, values under a kept-data key are dropped and named."""
         values = dict(stored)
         erased = []
+        restricted = []
         record_id = str(stored["id"])
         keys: dict[bytes, DataKey | None] = {}  # one lookup per key, not per field
         for field in spec.encrypted_fields:
@@ -162,9 +171,13 @@ class RecordCodec:
                 erased.append(field.name)
                 values[field.name] = None
                 continue
+            if not restricted_too and key.subject_id.startswith(KEPT_PREFIX):
+                restricted.append(field.name)
+                values[field.name] = None
+                continue
             context = FieldContext(region, spec.table_name, record_id, field.name)
             values[field.name] = from_plaintext(field, unseal(key, blob, context))
-        return Revealed(values, tuple(erased))
+        return Revealed(values, tuple(erased), tuple(restricted))
 
     def open_field(
         self,

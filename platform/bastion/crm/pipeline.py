@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Connection
 from sqlalchemy.exc import IntegrityError
@@ -53,6 +53,19 @@ from bastion.residency.ids import InvalidId, RecordId
 Values = dict[str, Any]
 
 
+# Why a stored record must stay as it is: ("held", why) — a legal hold on it or on its
+# data subject; it may change but not go — or ("kept", why) — an erasure kept it for a
+# hold or a retention rule; neither. None: nothing preserves it. The DSR layer sets
+# `Pipeline.preservation` (`dsr.holds.preservation`); on its own the pipeline
+# preserves nothing.
+Preserved = tuple[Literal["held", "kept"], str]
+Preservation = Callable[[Connection, EntitySpec, Mapping[str, Any]], Preserved | None]
+
+
+def _nothing_preserved(conn: Connection, spec: EntitySpec, stored: Mapping[str, Any]) -> None:
+    return None
+
+
 class Pipeline:
     def __init__(
         self,
@@ -68,6 +81,7 @@ class Pipeline:
         self._clock = clock
         self.codec = RecordCodec(keys)
         self.recorder = Recorder(clock, audit_notify)
+        self.preservation: Preservation = _nothing_preserved
 
     def access(self, principal: Principal) -> Access:
         """The caller's rights under the policy in force now (fixed for the call)."""
@@ -201,10 +215,19 @@ class Pipeline:
         spec: EntitySpec,
         stored: Mapping[str, Any],
     ) -> Record:
-        """The record as this caller may see it: only readable fields, decrypted."""
+        """The record as this caller may see it: only readable fields, decrypted (what
+        an erasure kept, only for those who may see data subjects' requests)."""
         readable = access.readable(region, spec, stored)
-        revealed = self.codec.reveal(conn, spec, region, stored, readable)
-        return render(spec, revealed.values, readable, erased=revealed.erased)
+        revealed = self.codec.reveal(
+            conn, spec, region, stored, readable, restricted_too=access.sees_kept_data(region)
+        )
+        return render(
+            spec,
+            revealed.values,
+            readable,
+            erased=revealed.erased,
+            restricted=revealed.restricted,
+        )
 
     def check_refs(
         self,

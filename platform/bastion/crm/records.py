@@ -7,6 +7,9 @@ withheld field's value is dropped here, before the record leaves the service, so
 it cannot reach a response, a log line or an error body. `_erased`, present only
 when not empty, names readable fields whose data key was destroyed (the person
 they were about was erased): they are absent, never returned as garbage.
+`_restricted`, likewise, names readable fields kept after the person's erasure
+(a legal hold, a retention rule) that only those who handle data subjects'
+requests may see.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bastion.errors import PreconditionRequired
 Record = dict[str, Any]
 WITHHELD = "_withheld"
 ERASED = "_erased"
+RESTRICTED = "_restricted"
 _ETAG_RE = re.compile(r'(?:W/)?"v([0-9]{1,18})"')
 
 
@@ -43,12 +47,13 @@ def render(
     readable: frozenset[str],
     *,
     erased: tuple[str, ...] = (),
+    restricted: tuple[str, ...] = (),
 ) -> Record:
     """The record as the caller may see it: permitted fields only, the rest named."""
     record: Record = {name: to_json_value(values[name]) for name in SYSTEM_FIELDS}
     withheld = []
     for field in spec.fields:
-        if field.name in erased:
+        if field.name in erased or field.name in restricted:
             continue
         if field.name in readable:
             record[field.name] = to_json_value(values.get(field.name))
@@ -57,6 +62,8 @@ def render(
     record[WITHHELD] = withheld
     if erased:
         record[ERASED] = list(erased)
+    if restricted:
+        record[RESTRICTED] = list(restricted)
     return record
 
 

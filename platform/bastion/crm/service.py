@@ -420,6 +420,9 @@ class RecordService(Pipeline):
                     raise not_found(spec)
                 if expected != stored["version"]:
                     raise stale(spec)
+                preserved = self.preservation(conn, spec, stored)
+                if preserved is not None and preserved[0] == "kept":
+                    raise Conflict(f"the {spec.singular} {preserved[1]}: it cannot change")
                 if "custom" in changes:
                     changes["custom"] = check_custom(
                         spec, _merge_custom(stored["custom"], changes["custom"])
@@ -469,6 +472,9 @@ class RecordService(Pipeline):
                     raise not_found(spec)
                 if if_match is not None and expected != stored["version"]:
                     raise stale(spec)
+                preserved = self.preservation(conn, spec, stored)
+                if preserved is not None:
+                    raise Conflict(f"the {spec.singular} {preserved[1]}: it cannot be deleted")
                 if not repository.delete_record(
                     conn, spec, record_id, expected_version=stored["version"]
                 ):

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from sqlalchemy import Connection, delete, or_, select, update
 
 from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.crm.codec import KEPT_PREFIX
 from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.envelope import FieldContext, key_id_of, reseal
 from bastion.crypto.keyring import Keyring
@@ -152,7 +153,7 @@ def retention_years(spec: EntitySpec, values: Mapping[str, Any]) -> int:
 
 def kept_key(request_id: str) -> str:
     """The key subject that seals what an erasure request keeps (held or retained)."""
-    return f"retained:{request_id}"
+    return f"{KEPT_PREFIX}{request_id}"
 
 
 def preserve(

@@ -18,12 +18,15 @@ from typing import Any
 from sqlalchemy import Connection
 
 from bastion.clock import Clock
-from bastion.crm.catalog import ENTITIES_BY_PREFIX
+from bastion.crm.catalog import ENTITIES_BY_PREFIX, EntitySpec
+from bastion.crm.codec import RecordCodec
 from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.pipeline import Preservation, Preserved
 from bastion.crm.records import to_json_value
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import kept
 from bastion.dsr import repository as repo
+from bastion.dsr.erasure import active_holds
 from bastion.dsr.gate import Gate
 from bastion.dsr.inputs import check_text, invalid, moment
 from bastion.errors import Conflict, FieldError, NotFound, ValidationFailed
@@ -215,3 +218,23 @@ def _render(stored: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     expired = stored["expires_at"] is not None and stored["expires_at"] <= now
     shown["active"] = stored["released_at"] is None and not expired
     return shown
+
+
+def preservation(clock: Clock) -> Preservation:
+    """What `Pipeline.preservation` asks, answered from legal holds and erasures: a
+    record under an active hold (on it, or on the person it is about) may change but
+    not be deleted; a record that outlived its data subject's erasure was kept (for a
+    hold or a retention rule) and may neither change nor be deleted."""
+
+    def why(conn: Connection, spec: EntitySpec, stored: Mapping[str, Any]) -> Preserved | None:
+        record_id = str(stored["id"])
+        subject = RecordCodec.key_subject(spec, record_id, stored)
+        if subject != record_id and repo.is_erased(conn, subject):
+            return ("kept", "was kept after its data subject's erasure")
+        holds = active_holds(conn, {record_id, subject}, clock.now())
+        if holds:
+            hold = next(iter(holds.values()))
+            return ("held", f"is under legal hold {hold['id']}")
+        return None
+
+    return why

@@ -19,6 +19,7 @@ from sqlalchemy import (
     update,
 )
 
+from bastion.crm.catalog import ENTITIES_BY_PREFIX
 from bastion.crm.tables import ENTITY_TABLES, idempotency_keys
 from bastion.dsr.model import RUNNABLE
 from bastion.dsr.tables import dsr_certificates, dsr_packages, dsr_requests, dsr_steps, legal_holds
@@ -255,6 +256,19 @@ def release_hold(conn: Connection, hold_id: str, now: datetime, by: str) -> bool
         .values(released_at=now, released_by=by)
     )
     return result.rowcount == 1
+
+
+def is_erased(conn: Connection, record_id: str) -> bool:
+    """Whether a data subject's record (a contact, a lead) is an erased shell."""
+    prefix = record_id.split("_", 1)[0]
+    spec = ENTITIES_BY_PREFIX.get(prefix)
+    if spec is None or not spec.data_subject:
+        return False
+    table = ENTITY_TABLES[spec.name]
+    erased_at = conn.execute(
+        select(table.c.erased_at).where(table.c.id == record_id)
+    ).scalar_one_or_none()
+    return erased_at is not None
 
 
 def record_exists(conn: Connection, entity: str, record_id: str) -> bool:
