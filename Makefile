@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.audit
 	$(PY) -m benchmarks.pipeline --large 1000000
 	$(PY) -m benchmarks.dsr --large 1000000
+	$(PY) -m benchmarks.rotation
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache
