@@ -35,17 +35,17 @@ drift: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-# Every benchmark, one after another (about 7 minutes on 2 cores; see
-# benchmarks/README.md). Each prints ratios against a baseline measured in the same
-# run; none fails on speed, and none is part of `make test`.
-bench: $(STAMP)
-	$(PY) -m benchmarks.run --duration 10
-	$(PY) -m benchmarks.policy
-	$(PY) -m benchmarks.crypto
-	$(PY) -m benchmarks.audit
-	$(PY) -m benchmarks.pipeline --large 1000000
-	$(PY) -m benchmarks.dsr --large 1000000
-	$(PY) -m benchmarks.rotation
+# Every benchmark, one after another (about 25 minutes on 2 cores; see
+# benchmarks/README.md), then BENCHMARKS.md and its plots. Each prints ratios against
+# a baseline measured in the same run; none fails on speed, none is part of `make test`.
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m benchmarks.report
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,7 @@ class Options:
     backends: tuple[str, ...]
     duration: float
     warmup: float
-    concurrency: int
+    concurrency: tuple[int, ...]  # each level is measured in turn
     seed: int
 
 
@@ -63,6 +63,7 @@ class Options:
 class Measurement:
     backend: str
     operation: str
+    concurrency: int
     rows: int  # contacts in each app's eu database when the phase started
     results: dict[str, LoadResult]  # app -> result
 
@@ -75,6 +76,7 @@ class Measurement:
         return {
             "backend": self.backend,
             "operation": self.operation,
+            "concurrency": self.concurrency,
             "table_rows": self.rows,
             "ratio": round(self.ratio, 3),
             **{app: result.as_dict() for app, result in self.results.items()},
@@ -113,23 +115,24 @@ def level(backend: str, eu_urls: dict[str, str]) -> int:
     return rows
 
 
-async def measure(target: Target, make_call: CallFactory, options: Options) -> LoadResult:
+async def measure(
+    target: Target, make_call: CallFactory, options: Options, concurrency: int
+) -> LoadResult:
     """A warm-up (discarded), then the measured run."""
     if options.warmup > 0:
-        await run_load(target, make_call, concurrency=options.concurrency, duration=options.warmup)
-    return await run_load(
-        target, make_call, concurrency=options.concurrency, duration=options.duration
-    )
+        await run_load(target, make_call, concurrency=concurrency, duration=options.warmup)
+    return await run_load(target, make_call, concurrency=concurrency, duration=options.duration)
 
 
 def _fmt(value: float, digits: int = 1) -> str:
     return "-" if math.isnan(value) else f"{value:.{digits}f}"
 
 
-def progress(backend: str, operation: str, app: str, result: LoadResult) -> None:
+def progress(backend: str, operation: str, concurrency: int, app: str, result: LoadResult) -> None:
     note = f", {result.errors} errors" if result.errors else ""
     print(
-        f"  {backend:<10} {operation:<6} {app:<8} {result.throughput:8.1f} req/s  "
+        f"  {backend:<10} {operation:<6} c={concurrency:<3} {app:<8} "
+        f"{result.throughput:8.1f} req/s  "
         f"p50 {_fmt(result.p50_ms):>6} ms  p99 {_fmt(result.p99_ms):>6} ms  "
         f"client cpu {result.client_cpu:.0%}{note}",
         flush=True,
@@ -156,20 +159,26 @@ async def bench_backend(databases: dict[str, Databases], options: Options) -> li
             server.wait_ready()
         await seed(servers, headers, SEED_ROWS)
         rng = random.Random(options.seed)
-        for index, (operation, workload) in enumerate(OPERATIONS.items()):
-            rows = level(backend, eu_urls)
-            calls = workload(eu_urls, rng)
-            # Alternate which app goes first, so neither always runs on the warmer machine.
-            order = APPS if index % 2 == 0 else tuple(reversed(APPS))
-            results: dict[str, LoadResult] = {}
-            for app in order:
-                results[app] = await measure(
-                    Target(servers[app].base_url, headers), calls[app], options
+        index = 0
+        for operation, workload in OPERATIONS.items():
+            for concurrency in options.concurrency:
+                rows = level(backend, eu_urls)
+                calls = workload(eu_urls, rng)
+                # Alternate which app goes first, so neither always runs on the warmer
+                # machine.
+                order = APPS if index % 2 == 0 else tuple(reversed(APPS))
+                index += 1
+                results: dict[str, LoadResult] = {}
+                for app in order:
+                    results[app] = await measure(
+                        Target(servers[app].base_url, headers), calls[app], options, concurrency
+                    )
+                    progress(backend, operation, concurrency, app, results[app])
+                measurements.append(
+                    Measurement(
+                        backend, operation, concurrency, rows, {a: results[a] for a in APPS}
+                    )
                 )
-                progress(backend, operation, app, results[app])
-            measurements.append(
-                Measurement(backend, operation, rows, {app: results[app] for app in APPS})
-            )
     except Exception:
         for server in servers.values():
             tail = server.log_tail()
@@ -184,13 +193,15 @@ async def bench_backend(databases: dict[str, Databases], options: Options) -> li
 
 def print_table(measurements: list[Measurement], options: Options) -> None:
     print()
+    levels = ", ".join(str(c) for c in options.concurrency)
     print(
-        f"Bastion vs baseline: {options.concurrency} concurrent clients, "
+        f"Bastion vs baseline: {levels} concurrent clients (c), "
         f"{options.duration:g}s per phase after {options.warmup:g}s warm-up; "
         "ratio = Bastion req/s / baseline req/s (1.00 = no overhead)"
     )
     header = (
-        f"{'backend':<10} {'op':<6} {'bastion r/s':>11} {'baseline r/s':>12} {'ratio':>6}  "
+        f"{'backend':<10} {'op':<6} {'c':>3} {'bastion r/s':>11} {'baseline r/s':>12} "
+        f"{'ratio':>6}  "
         f"{'bastion p50/p99 ms':>18}  {'baseline p50/p99 ms':>19}  {'errors b/base':>13} "
         f"{'rows':>6}"
     )
@@ -199,7 +210,8 @@ def print_table(measurements: list[Measurement], options: Options) -> None:
     for m in measurements:
         b, base = m.results["bastion"], m.results["baseline"]
         print(
-            f"{m.backend:<10} {m.operation:<6} {b.throughput:>11.1f} {base.throughput:>12.1f} "
+            f"{m.backend:<10} {m.operation:<6} {m.concurrency:>3} {b.throughput:>11.1f} "
+            f"{base.throughput:>12.1f} "
             f"{_fmt(m.ratio, 2):>6}  "
             f"{_fmt(b.p50_ms) + ' / ' + _fmt(b.p99_ms):>18}  "
             f"{_fmt(base.p50_ms) + ' / ' + _fmt(base.p99_ms):>19}  "
@@ -213,10 +225,11 @@ def print_table(measurements: list[Measurement], options: Options) -> None:
         for app, result in m.results.items():
             if result.errors:
                 kinds = ", ".join(f"{k} x{v}" for k, v in sorted(result.error_kinds.items()))
-                print(f"ERRORS {m.backend} {m.operation} {app}: {kinds}")
+                print(f"ERRORS {m.backend} {m.operation} c={m.concurrency} {app}: {kinds}")
             if result.client_cpu >= CLIENT_CPU_WARNING:
                 print(
-                    f"note: {m.backend} {m.operation} {app}: the load generator used "
+                    f"note: {m.backend} {m.operation} c={m.concurrency} {app}: the load "
+                    "generator used "
                     f"{result.client_cpu:.0%} of a core; that rate may be client-bound"
                 )
 
@@ -234,7 +247,7 @@ def write_results(measurements: list[Measurement], options: Options, notes: list
         "options": {
             "duration_s": options.duration,
             "warmup_s": options.warmup,
-            "concurrency": options.concurrency,
+            "concurrency": list(options.concurrency),
             "backends": list(options.backends),
         },
         "notes": notes,
@@ -262,7 +275,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="unmeasured seconds before each phase (default: 20%% of --duration, 0.5-2s)",
     )
     parser.add_argument(
-        "--concurrency", type=int, default=16, help="concurrent clients (default 16)"
+        "--concurrency",
+        type=_levels,
+        default=(16,),
+        help="concurrent clients, or a comma-separated list of levels (default 16)",
     )
     parser.add_argument("--seed", type=int, default=1, help="random seed for the get phase")
     parser.add_argument(
@@ -280,6 +296,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--top", type=int, default=25, help="with --profile: functions listed per operation"
     )
     return parser.parse_args(argv)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number, or numbers separated by commas") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency levels must be at least 1")
+    return levels
 
 
 def selected_backends(choice: str, notes: list[str]) -> tuple[str, ...]:

@@ -12,16 +12,18 @@ databases created for the session (emptied between tests, dropped at the end).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from starlette.testclient import TestClient
 
 from bastion import migrate as migrations
@@ -138,6 +140,8 @@ def settings_for(backend: Backend, home: Path, **extra: str) -> Settings:
         "BASTION_CONTROL_URL": backend.urls["control"],
         "BASTION_REGIONS": ",".join(REGIONS),
         **{f"BASTION_REGION_{r.upper()}_URL": backend.urls[r] for r in REGIONS},
+        # Limiting stays on, far above what one test sends (test_hygiene tests limits).
+        "BASTION_LIMITS_REQUESTS_PER_SECOND": "1000000",
         **extra,
     }
     return load_settings(environ)
@@ -154,11 +158,77 @@ def clock() -> FrozenClock:
     return FrozenClock()
 
 
+# A record id names its region (`con_eu_…`, see bastion.residency.ids).
+_RECORD_ID = re.compile(r"\b[a-z]{3}_([a-z][a-z0-9]{1,15})_[0-9a-hjkmnp-tv-z]{26}\b")
+
+
+class ResidencyGuard:
+    """Watches every statement sent to each region's engine: a record id of another
+    region in its parameters or its SQL is a residency breach, recorded with the
+    statement. Every test on the `state` fixture ends with `assert_clean()`.
+    """
+
+    def __init__(self, regions: tuple[str, ...]) -> None:
+        self.regions = regions
+        self.breaches: list[str] = []
+        self._paused = 0
+
+    @contextmanager
+    def tolerated(self) -> Iterator[None]:
+        """Statements inside the block are not checked."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def watch(self, region: str, engine: Engine) -> None:
+        def check(
+            _conn: object, _cursor: object, statement: str, parameters: object, *_: object
+        ) -> None:
+            if self._paused:
+                return
+            for found in self._foreign_ids(region, (statement, parameters)):
+                self.breaches.append(f"{found} sent to region {region!r}: {statement[:200]}")
+
+        event.listen(engine, "before_cursor_execute", check)
+
+    def _foreign_ids(self, region: str, value: object) -> Iterator[str]:
+        if isinstance(value, bytes | bytearray | memoryview):
+            value = bytes(value).decode("latin-1")
+        if isinstance(value, str):
+            for match in _RECORD_ID.finditer(value):
+                if match.group(1) in self.regions and match.group(1) != region:
+                    yield match.group(0)
+        elif isinstance(value, dict):
+            for item in value.values():
+                yield from self._foreign_ids(region, item)
+        elif isinstance(value, list | tuple | set | frozenset):
+            for item in value:
+                yield from self._foreign_ids(region, item)
+
+    def assert_clean(self) -> None:
+        assert not self.breaches, "records crossed regions:\n" + "\n".join(self.breaches)
+
+
 @pytest.fixture
-def state(settings: Settings, clock: FrozenClock) -> Iterator[State]:
+def residency_guard() -> ResidencyGuard:
+    """The guard on the `state` fixture's region engines; a test that moves data
+    across regions on purpose (an attack it defends against) says so with
+    `residency_guard.tolerated()`."""
+    return ResidencyGuard(REGIONS)
+
+
+@pytest.fixture
+def state(
+    settings: Settings, clock: FrozenClock, residency_guard: ResidencyGuard
+) -> Iterator[State]:
     built = build_state(settings, clock=clock)
+    for region in built.regions.names:
+        residency_guard.watch(region, built.regions.get(region).engine)
     yield built
     built.close()
+    residency_guard.assert_clean()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
 from bastion.api import audit, docs, dsr, openapi, policy, records, system
+from bastion.api.limits import RateLimit
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
 from bastion.config import Settings, load_settings
@@ -56,7 +57,10 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
             *dsr.routes,
             *records.routes,
         ],
-        middleware=[Middleware(RequestContext, max_body_bytes=settings.max_body_bytes)],
+        middleware=[
+            Middleware(RequestContext, max_body_bytes=settings.max_body_bytes),
+            Middleware(RateLimit, settings=settings.limits),
+        ],
         exception_handlers={
             BastionError: on_bastion_error,
             HTTPException: on_http_exception,

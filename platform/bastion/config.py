@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 
+from bastion.api.limits import LimitSettings
 from bastion.audit.settings import AuditSettings
 from bastion.crypto.settings import KeySettings
 from bastion.dsr.settings import DsrSettings
@@ -62,12 +63,17 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     db_connect_timeout: int = Field(default=3, ge=1, le=60)
+    # PostgreSQL: how long a statement may wait for a lock, and run, before the
+    # request gives up with 503 (a locked table must not hang every request).
+    db_lock_timeout_ms: int = Field(default=10_000, ge=100, le=600_000)
+    db_statement_timeout_ms: int = Field(default=30_000, ge=100, le=3_600_000)
     db_pool_size: int = Field(default=10, ge=1, le=200)
     # How often each worker checks the control database for a newly activated policy.
     policy_poll_seconds: float = Field(default=2.0, ge=0.1, le=3600)
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     dsr: DsrSettings = Field(default_factory=DsrSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -101,6 +107,8 @@ class _FileConfig(BaseModel):
     log_level: str | None = None
     max_body_bytes: int | None = None
     db_connect_timeout: int | None = None
+    db_lock_timeout_ms: int | None = None
+    db_statement_timeout_ms: int | None = None
     db_pool_size: int | None = None
     policy_poll_seconds: float | None = None
     control: dict[str, str] | None = None
@@ -108,6 +116,7 @@ class _FileConfig(BaseModel):
     keys: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     dsr: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -222,7 +231,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         if chosen is not None:
             # `INFO` and `info` mean the same; the setting is an enum of lower-case names.
             values[key] = chosen.lower()
-    for key in ("max_body_bytes", "db_connect_timeout", "db_pool_size", "policy_poll_seconds"):
+    for key in (
+        "max_body_bytes",
+        "db_connect_timeout",
+        "db_lock_timeout_ms",
+        "db_statement_timeout_ms",
+        "db_pool_size",
+        "policy_poll_seconds",
+    ):
         raw = env.get(f"BASTION_{key.upper()}")
         if raw is not None:
             try:
@@ -251,6 +267,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["keys"] = _section("keys", KeySettings, file.keys, env)
     values["audit"] = _section("audit", AuditSettings, file.audit, env)
     values["dsr"] = _section("dsr", DsrSettings, file.dsr, env)
+    values["limits"] = _section("limits", LimitSettings, file.limits, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")

@@ -207,7 +207,11 @@ def build_state(
 
     def database(name: str, url: str) -> Database:
         engine = create_db_engine(
-            url, connect_timeout=settings.db_connect_timeout, pool_size=settings.db_pool_size
+            url,
+            connect_timeout=settings.db_connect_timeout,
+            pool_size=settings.db_pool_size,
+            lock_timeout_ms=settings.db_lock_timeout_ms,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
         )
         return Database(name, engine)
 

@@ -297,3 +297,23 @@ def test_the_audit_operations_are_described_for_openapi() -> None:
     assert set(paths) == {route.path for route in routes}
     assert paths["/v1/audit/checkpoints"].keys() == {"get", "post"}
     assert paths["/v1/audit/verify"].keys() == {"get", "post"}
+
+
+def test_a_query_about_one_record_reads_only_its_region(
+    client: TestClient, tokens: Tokens, state: State
+) -> None:
+    eu_contact = "con_eu_01m86ch3m0fm7889axhbnh88n8"
+    _record(state, "eu", eu_contact)
+    _record(state, "us", "con_us_01m86ch3m0emt8kzargn0sax3c")
+    auditor = tokens.headers("auditor")
+    found = client.get(f"/v1/audit/events?record_id={eu_contact}", headers=auditor)
+    assert found.status_code == 200, found.text
+    assert {event["chain"] for event in found.json()["data"]} == {"eu"}
+    exported = client.get(f"/v1/audit/export?record_id={eu_contact}", headers=auditor)
+    assert {json.loads(line)["chain"] for line in exported.text.splitlines()} == {"eu"}
+    # The US database never hears the id (the residency guard on `state` checks
+    # that); asking the US log about an EU record is a mistake, said as one.
+    mismatch = client.get(f"/v1/audit/events?record_id={eu_contact}&region=us", headers=auditor)
+    assert mismatch.status_code == 422
+    assert [e["field"] for e in mismatch.json()["errors"]] == ["record_id"]
+    assert eu_contact not in mismatch.text

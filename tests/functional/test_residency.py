@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, inspect, text
 from starlette.testclient import TestClient
 
+from bastion.residency.ids import RecordId
 from bastion.state import State
-from tests.conftest import Backend, Tokens
+from tests.conftest import Backend, ResidencyGuard, Tokens
 from tests.factories import contact_body, create
 
 
@@ -87,3 +90,24 @@ def test_references_never_cross_regions(client: TestClient, admin: dict[str, str
     assert response.json()["errors"] == [
         {"field": "account_id", "message": "must be in the record's region (eu)"}
     ]
+
+
+def test_the_residency_guard_catches_an_id_sent_to_another_region(backend: Backend) -> None:
+    """The guard every `state` test ends with (tests/conftest.py) is not vacuous."""
+    guard = ResidencyGuard(("eu", "us"))
+    us = create_engine(backend.urls["us"])
+    guard.watch("us", us)
+    eu_id = str(RecordId.new("con", "eu", datetime.now(UTC)))
+    us_id = str(RecordId.new("con", "us", datetime.now(UTC)))
+    try:
+        with us.connect() as conn:
+            conn.execute(text("SELECT count(*) FROM contacts WHERE id = :id"), {"id": us_id})
+            assert guard.breaches == []
+            conn.execute(text("SELECT count(*) FROM contacts WHERE id = :id"), {"id": eu_id})
+            conn.execute(text("SELECT :note"), {"note": f"about {eu_id}".encode()})
+    finally:
+        us.dispose()
+    assert len(guard.breaches) == 2
+    assert all(eu_id in breach for breach in guard.breaches)
+    with pytest.raises(AssertionError, match="records crossed regions"):
+        guard.assert_clean()

@@ -1,5 +1,6 @@
-"""Pure-ASGI middleware around every request: request id, body limit, access log,
-and the last-resort 500 (logged without message or locals, answered as a problem).
+"""Pure-ASGI middleware around every request: request id, body limit, security
+headers, access log, and the last-resort 500 (logged without message or locals,
+answered as a problem).
 """
 
 from __future__ import annotations
@@ -18,6 +19,19 @@ from bastion.errors import BastionError, PayloadTooLarge
 log = structlog.get_logger("bastion.api")
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+# On every response unless the route set its own (the /docs page sets a CSP that
+# admits its one inline style). Responses carry personal data: never cached, never
+# framed, never sniffed into another type, no referrer leaves with a link.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+)
 
 
 class InternalError(BastionError):
@@ -49,6 +63,8 @@ class RequestContext:
                 status = message["status"]
                 response_started = True
                 headers = list(message.get("headers", []))
+                present = {name.lower() for name, _value in headers}
+                headers += [h for h in SECURITY_HEADERS if h[0] not in present]
                 headers.append((b"x-request-id", request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)

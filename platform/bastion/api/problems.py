@@ -44,7 +44,10 @@ def problem(error: BastionError, request_id: str | None = None) -> Response:
         headers["Allow"] = ", ".join(allowed)
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="bastion"'
-    if error.status == 503:
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    elif error.status == 503:
         headers["Retry-After"] = "5"
     return JSON(body, status_code=error.status, headers=headers, media_type=PROBLEM_JSON)
 

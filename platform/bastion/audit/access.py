@@ -4,7 +4,9 @@ A region's chain: the principal must hold the region and the policy must allow
 `(roles, region, "audit", action)`. The control chain spans every region (token
 and policy events concern them all), so it takes the action in *every*
 configured region. Without an explicit region, queries cover the caller's
-permitted regions (not the control chain; ask for `region=control`).
+permitted regions (not the control chain; ask for `region=control`) -- except a
+query about one record, which goes to the record's own region only: its id names
+that region, and the id itself is never sent to (nor recorded in) another one.
 
 Reading the audit log is itself audited: every call appends an `audit.<action>`
 event to each chain it touched before answering.
@@ -22,10 +24,11 @@ from bastion.audit.queries import EventFilter
 from bastion.audit.service import AuditLog, EventPage
 from bastion.audit.verify import VerifyReport
 from bastion.clock import Clock
-from bastion.errors import Forbidden, NotFound
+from bastion.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from bastion.policy.engine import Policy
 from bastion.principals.tokens import Principal
 from bastion.residency.databases import CONTROL
+from bastion.residency.ids import region_of
 
 RESOURCE = "audit"
 
@@ -68,6 +71,20 @@ class AuditAccess:
             raise Forbidden(f"you may not {action} the audit log of region {region}")
         return [region]
 
+    def _chains_for(
+        self, principal: Principal, action: str, region: str | None, flt: EventFilter
+    ) -> list[str]:
+        """`chains`, narrowed to the record's own region when `flt` names a record id."""
+        home = region_of(flt.record_id)
+        if home is None or region == CONTROL:
+            return self.chains(principal, action, region)
+        if region is not None and region != home:
+            raise ValidationFailed(
+                f"record_id names a record of region {home!r}, not {region!r}",
+                [FieldError("record_id", f"is a record of region {home!r}")],
+            )
+        return self.chains(principal, action, home)
+
     def _allowed(self, principal: Principal, action: str, region: str) -> bool:
         return region in principal.regions and self._policy.allows(
             principal.roles, region, RESOURCE, action
@@ -99,7 +116,7 @@ class AuditAccess:
         cursor: str | None,
         descending: bool,
     ) -> EventPage:
-        chains = self.chains(caller.principal, "read", region)
+        chains = self._chains_for(caller.principal, "read", region, flt)
         page = self._audit.events(chains, flt, limit=limit, cursor=cursor, descending=descending)
         for chain in chains:
             self._audit.record(
@@ -158,7 +175,7 @@ class AuditAccess:
         self, caller: Caller, region: str | None, flt: EventFilter
     ) -> Iterator[dict[str, Any]]:
         """Check access and record the export now; the returned iterator streams it."""
-        chains = self.chains(caller.principal, "export", region)
+        chains = self._chains_for(caller.principal, "export", region, flt)
         self._audited(caller, chains, "export")
 
         def stream() -> Iterator[dict[str, Any]]:

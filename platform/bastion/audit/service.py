@@ -43,10 +43,11 @@ from bastion.audit.tables import AUDIT
 from bastion.audit.verify import VerifyReport, verify_chain
 from bastion.audit.witness import Witness, parse_witness
 from bastion.clock import Clock
-from bastion.crm.cursors import CursorCodec
+from bastion.crm.cursors import CursorCodec, advanced
 from bastion.crm.cursors import Position as CursorPosition
 from bastion.errors import BadRequest, Conflict, NotFound, RegionUnavailable
-from bastion.residency.databases import Database
+from bastion.residency.databases import CONTROL, Database
+from bastion.residency.ids import region_of
 
 __all__ = ["AuditLog", "EventPage", "Sequencer", "key_ring"]
 
@@ -245,12 +246,20 @@ class AuditLog:
 
         Raises `BadRequest` for a cursor that is not ours or belongs to another query.
         """
+        home = region_of(flt.record_id)
+        if home is not None:
+            # A record's events are in its region's chain (or the control chain); no
+            # other region's database is sent its id.
+            chains = [chain for chain in chains if chain in (home, CONTROL)]
         fingerprint = _fingerprint("events", chains, flt, descending)
-        after: Position | None = None
+        # One position per chain: a region's query never carries another's event.
+        positions: dict[str, CursorPosition] = {}
         if cursor is not None:
-            after = _open_position(self._cursors, fingerprint, cursor)
+            positions = self._cursors.open_positions(fingerprint, cursor)
         merged: list[tuple[Any, str]] = []
         for chain in chains:
+            at = positions.get(chain)
+            after = None if at is None else _position(at)
             with self.database(chain).transaction() as conn:
                 rows = fetch_events(conn, flt, after=after, descending=descending, limit=limit + 1)
             merged.extend((row, chain) for row in rows)
@@ -258,15 +267,17 @@ class AuditLog:
         page = merged[:limit]
         next_cursor = None
         if len(merged) > limit:
-            last = page[-1][0]
-            next_cursor = self._cursors.seal(
-                fingerprint, CursorPosition(last.occurred_at.isoformat(), last.id)
-            )
+            emitted = [
+                (chain, CursorPosition(row.occurred_at.isoformat(), row.id)) for row, chain in page
+            ]
+            next_cursor = self._cursors.seal_positions(fingerprint, advanced(positions, emitted))
         return EventPage([render_event(row, chain) for row, chain in page], next_cursor)
 
     def export(self, chain: str, flt: EventFilter) -> Iterator[dict[str, Any]]:
         """Every matching event of `chain`, oldest first, with hashes; one short
         transaction per batch, so a slow reader never holds a snapshot open."""
+        if region_of(flt.record_id) not in (None, chain) and chain != CONTROL:
+            return  # another region's record: none of its events are in this chain
         after: Position | None = None
         while True:
             with self.database(chain).transaction() as conn:
@@ -387,8 +398,7 @@ def _fingerprint(kind: str, chains: list[str], flt: EventFilter, descending: boo
     return json.dumps(["audit", kind, chains, flt.fingerprint(), descending], separators=(",", ":"))
 
 
-def _open_position(cursors: CursorCodec, fingerprint: str, cursor: str) -> Position:
-    position = cursors.open(fingerprint, cursor)
+def _position(position: CursorPosition) -> Position:
     try:
         moment = datetime.fromisoformat(str(position.value))
     except ValueError:

@@ -5,6 +5,10 @@ query it belongs to (entity, filters, sort, regions). It is sealed with AES-GCM
 under a key derived from the deployment secret, so a client can neither read the
 position (it may hold a sorted field's value) nor forge or edit one; a cursor
 replayed against a different query is rejected, not silently misapplied.
+
+A list merged across regions keeps one position per region (`seal_positions`):
+each region's next page starts after that region's own last row, so a region's
+database is never sent another region's record id or sort value.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import binascii
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +30,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from bastion.errors import BadRequest
 
 # The longest sortable string field holds 255 characters, at most 4 UTF-8 bytes each:
-# about 1.1 kB sealed, 1.5 kB as base64. 4 kB leaves room and still bounds the work.
-CURSOR_MAX_LENGTH = 4096
+# about 1.1 kB sealed, 1.5 kB as base64 per position. 8 kB holds a worst-case position
+# for each of four regions and still bounds the work.
+CURSOR_MAX_LENGTH = 8192
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 _NONCE = 12
 _BAD = "the cursor is invalid, tampered with, or belongs to a different query"
@@ -49,16 +55,32 @@ class CursorCodec:
 
     def seal(self, query: str, position: Position) -> str:
         """A cursor for `position` in the list described by the `query` fingerprint."""
-        plain = json.dumps(
-            [position.value, position.id], separators=(",", ":"), ensure_ascii=False
-        ).encode()
+        return self._seal(query, [position.value, position.id])
+
+    def open(self, query: str, cursor: str) -> Position:
+        """The position a cursor holds; `BadRequest` if it is not one of ours for `query`."""
+        return _position(self._open(query, cursor))
+
+    def seal_positions(self, query: str, positions: Mapping[str, Position]) -> str:
+        """A cursor holding one position per region (see the module docstring)."""
+        return self._seal(query, {name: [p.value, p.id] for name, p in positions.items()})
+
+    def open_positions(self, query: str, cursor: str) -> dict[str, Position]:
+        """The per-region positions of a `seal_positions` cursor; `BadRequest` if it is
+        not one of ours for `query`."""
+        payload = self._open(query, cursor)
+        if not isinstance(payload, dict):
+            raise BadRequest(_BAD)
+        return {str(name): _position(item) for name, item in payload.items()}
+
+    def _seal(self, query: str, payload: Any) -> str:
+        plain = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         nonce = os.urandom(_NONCE)
         sealed = nonce + self._aead.encrypt(nonce, plain, query.encode())
         return base64.urlsafe_b64encode(sealed).rstrip(b"=").decode()
 
-    def open(self, query: str, cursor: str) -> Position:
-        """The position a cursor holds; `BadRequest` if it is not one of ours for `query`."""
-        # Only what `seal` produces: unpadded base64url. The decoder alone would skip
+    def _open(self, query: str, cursor: str) -> Any:
+        # Only what `_seal` produces: unpadded base64url. The decoder alone would skip
         # stray characters and accept a cursor with anything appended.
         if len(cursor) > CURSOR_MAX_LENGTH or _CURSOR_RE.fullmatch(cursor) is None:
             raise BadRequest(_BAD)
@@ -67,9 +89,23 @@ class CursorCodec:
             if len(sealed) < _NONCE + 16:
                 raise ValueError("too short")
             plain = self._aead.decrypt(sealed[:_NONCE], sealed[_NONCE:], query.encode())
-            value, row_id = json.loads(plain)
+            return json.loads(plain)
         except (binascii.Error, ValueError, InvalidTag, TypeError):
             raise BadRequest(_BAD) from None
-        if not isinstance(row_id, str):
-            raise BadRequest(_BAD)
-        return Position(value, row_id)
+
+
+def _position(payload: Any) -> Position:
+    if not isinstance(payload, list) or len(payload) != 2 or not isinstance(payload[1], str):
+        raise BadRequest(_BAD)
+    return Position(payload[0], payload[1])
+
+
+def advanced(
+    positions: Mapping[str, Position], emitted: list[tuple[str, Position]]
+) -> dict[str, Position]:
+    """`positions` moved past the rows a page `emitted` ((region, position) in page
+    order): each region's position becomes its last emitted row; the others stay."""
+    moved = dict(positions)
+    for region, position in emitted:
+        moved[region] = position
+    return moved

@@ -94,6 +94,7 @@ def parse_filters(spec: EntitySpec, raw: Mapping[str, str]) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class PageItem:
+    region: str
     record: dict[str, Any]
     sort_value: Any  # the stored value of the sort column (never an encrypted field)
 
@@ -106,7 +107,7 @@ class RegionPage:
     items: list[PageItem] = field(default_factory=list)
 
     def add(self, record: dict[str, Any], sort_value: Any) -> None:
-        self.items.append(PageItem(record, sort_value))
+        self.items.append(PageItem(self.region, record, sort_value))
 
 
 def merge_pages(

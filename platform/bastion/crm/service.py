@@ -20,7 +20,7 @@ from bastion.clock import Clock
 from bastion.crm import conversion, dedup, idempotency, repository
 from bastion.crm.access import Access
 from bastion.crm.catalog import EntitySpec, FieldSpec
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec, Position, advanced
 from bastion.crm.listing import (
     ListQuery,
     RegionPage,
@@ -130,20 +130,25 @@ class RecordService(Pipeline):
             [spec.name, sorted(query.filters.items()), query.sort or "created_at", names],
             separators=(",", ":"),
         )
-        after = None
+        # One position per region: a region's query never carries another's row.
+        positions: dict[str, Position] = {}
         if query.cursor is not None:
-            position = self._cursors.open(fingerprint, query.cursor)
-            after = (from_cursor_value(spec, sort.column, position.value), position.id)
-        pages = [
-            self._region_page(caller, access, spec, region, scope, filters, sort, after, limit)
-            for region, scope in regions
-        ]
+            positions = self._cursors.open_positions(fingerprint, query.cursor)
+        pages = []
+        for region, scope in regions:
+            at = positions.get(region)
+            after = None if at is None else (from_cursor_value(spec, sort.column, at.value), at.id)
+            pages.append(
+                self._region_page(caller, access, spec, region, scope, filters, sort, after, limit)
+            )
         merged, more = merge_pages(pages, sort, limit)
         next_cursor = None
         if more:
-            last = merged[-1]
-            value = to_json_value(last.sort_value)
-            next_cursor = self._cursors.seal(fingerprint, Position(value, last.record["id"]))
+            emitted = [
+                (item.region, Position(to_json_value(item.sort_value), item.record["id"]))
+                for item in merged
+            ]
+            next_cursor = self._cursors.seal_positions(fingerprint, advanced(positions, emitted))
         return Page([item.record for item in merged], next_cursor)
 
     def _region_page(

@@ -20,7 +20,7 @@ from sqlalchemy import Connection
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES_BY_PREFIX, EntitySpec
 from bastion.crm.codec import RecordCodec
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec, Position, advanced
 from bastion.crm.pipeline import Preservation, Preserved
 from bastion.crm.records import to_json_value
 from bastion.crypto.keyring import Keyring
@@ -33,7 +33,7 @@ from bastion.errors import Conflict, FieldError, NotFound, ValidationFailed
 from bastion.policy.engine import Policy
 from bastion.principals.caller import Caller
 from bastion.residency.databases import Regions
-from bastion.residency.ids import InvalidId, RecordId
+from bastion.residency.ids import InvalidId, RecordId, region_of
 
 HOLD_PREFIX = "hld"
 
@@ -114,26 +114,34 @@ class LegalHolds:
     ) -> dict[str, Any]:
         """Holds newest first, across the caller's regions, a page at a time."""
         regions = self._gate.listed_regions(caller, region, "legal_holds", "read")
+        if target_id is not None and (home := region_of(target_id)) is not None:
+            # A record's holds live in its own region; no other region hears its id.
+            regions = [name for name in regions if name == home]
         fingerprint = json.dumps(["legal-holds", regions, target_id, active])
-        before = self._cursors.open(fingerprint, cursor).id if cursor is not None else None
+        # One position per region: a region's query never carries another's hold id.
+        positions: dict[str, Position] = {}
+        if cursor is not None:
+            positions = self._cursors.open_positions(fingerprint, cursor)
         now = self._clock.now()
-        holds: list[dict[str, Any]] = []
+        holds: list[tuple[dict[str, Any], str]] = []
         for name in regions:
+            at = positions.get(name)
             with self._regions.get(name).transaction() as conn:
-                holds += repo.list_holds(
+                found = repo.list_holds(
                     conn,
                     target_id=target_id,
                     active_at=now if active else None,
-                    before=before,
+                    before=None if at is None else at.id,
                     limit=limit + 1,
                 )
-        holds.sort(key=lambda h: str(h["id"]), reverse=True)
+            holds += [(hold, name) for hold in found]
+        holds.sort(key=lambda item: str(item[0]["id"]), reverse=True)
         page, more = holds[:limit], len(holds) > limit
         next_cursor = None
         if more:
-            last = str(page[-1]["id"])
-            next_cursor = self._cursors.seal(fingerprint, Position(last, last))
-        return {"data": [_render(h, now) for h in page], "next_cursor": next_cursor}
+            emitted = [(name, Position(str(h["id"]), str(h["id"]))) for h, name in page]
+            next_cursor = self._cursors.seal_positions(fingerprint, advanced(positions, emitted))
+        return {"data": [_render(h, now) for h, _name in page], "next_cursor": next_cursor}
 
     def release(self, caller: Caller, hold_id: str) -> dict[str, Any]:
         """End a hold. What it alone kept from an erasure goes at once (`kept.sweep`);

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, select
 
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec, Position, advanced
 from bastion.crm.records import to_json_value
 from bastion.crm.schemas import validate_patch
 from bastion.crm.service import RecordService
@@ -233,28 +233,29 @@ class DsrService:
         if due_within_days is not None:
             due_before = now + timedelta(days=due_within_days)
         fingerprint = json.dumps([regions, status, overdue, due_within_days])
-        after = None
+        # One position per region: a region's query never carries another's request.
+        positions: dict[str, Position] = {}
         if cursor is not None:
-            position = self._cursors.open(fingerprint, cursor)
+            positions = self._cursors.open_positions(fingerprint, cursor)
+        rows: list[tuple[dict[str, Any], str]] = []
+        for name in regions:
+            at = positions.get(name)
             try:
-                after = (datetime.fromisoformat(str(position.value)), position.id)
+                after = None if at is None else (datetime.fromisoformat(str(at.value)), at.id)
             except ValueError:
                 raise BadRequest("the cursor is invalid for this list") from None
-        rows: list[dict[str, Any]] = []
-        for name in regions:
             with self._regions.get(name).transaction() as conn:
-                rows += repo.list_requests(
+                found = repo.list_requests(
                     conn, statuses=statuses, due_before=due_before, after=after, limit=limit + 1
                 )
-        rows.sort(key=lambda r: (r["due_at"], r["id"]))
+            rows += [(row, name) for row in found]
+        rows.sort(key=lambda item: (item[0]["due_at"], item[0]["id"]))
         page, more = rows[:limit], len(rows) > limit
         next_cursor = None
         if more:
-            last = page[-1]
-            next_cursor = self._cursors.seal(
-                fingerprint, Position(last["due_at"].isoformat(), last["id"])
-            )
-        return {"data": [self._render(r) for r in page], "next_cursor": next_cursor}
+            emitted = [(name, Position(r["due_at"].isoformat(), r["id"])) for r, name in page]
+            next_cursor = self._cursors.seal_positions(fingerprint, advanced(positions, emitted))
+        return {"data": [self._render(r) for r, _name in page], "next_cursor": next_cursor}
 
     def verify_identity(self, caller: Caller, request_id: str, method: Any) -> dict[str, Any]:
         if not isinstance(method, str) or not 1 <= len(method) <= 64:

@@ -32,7 +32,14 @@ _WRITE = "bastion_write"
 _WRITER_QUEUE_SECONDS = 30.0
 
 
-def create_db_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 10) -> Engine:
+def create_db_engine(
+    url: str,
+    *,
+    connect_timeout: int = 3,
+    pool_size: int = 10,
+    lock_timeout_ms: int = 10_000,
+    statement_timeout_ms: int = 30_000,
+) -> Engine:
     """An engine with Bastion's transaction semantics on SQLite and PostgreSQL.
 
     SQLite: WAL, foreign keys on, a busy timeout, and SQLAlchemy emitting BEGIN
@@ -61,7 +68,10 @@ def create_db_engine(url: str, *, connect_timeout: int = 3, pool_size: int = 10)
         pool_pre_ping=True,
         connect_args={
             "connect_timeout": connect_timeout,
-            "options": "-c statement_timeout=30000 -c lock_timeout=10000",
+            "options": (
+                f"-c statement_timeout={int(statement_timeout_ms)} "
+                f"-c lock_timeout={int(lock_timeout_ms)}"
+            ),
         },
     )
 

@@ -110,3 +110,13 @@ class RecordId:
             raise InvalidId("the id is not of the form <prefix>_<region>_<26 base32 chars>")
         prefix, region, body = match.groups()
         return cls(prefix, region, uuid.UUID(int=decode_base32(body)))
+
+
+def region_of(text: str | None) -> str | None:
+    """The region a record id names, or None when `text` is not a record id."""
+    if text is None:
+        return None
+    try:
+        return RecordId.parse(text).region
+    except InvalidId:
+        return None

@@ -17,7 +17,8 @@ from bastion.residency.databases import Database
 from bastion.state import State
 from tests.conftest import REPO, SECRET, Backend
 
-CONTACT = "con_eu_01jd0000000000000000000000"
+CONTACT = "con_eu_01m86ch3m0fm7889axhbnh88n8"
+US_CONTACT = "con_us_01m86ch3m0emt8kzargn0sax3c"
 PRINCIPAL = "prn_01jd0000000000000000000000"
 EVIDENCE = (
     "audit_events",
@@ -48,6 +49,8 @@ def make_event(clock: Clock, **overrides: Any) -> AuditEvent:
 def append_many(state: State, chain: str, count: int, **overrides: Any) -> list[AuditEvent]:
     """`count` events, each appended in its own write transaction (request-style)."""
     database = state.audit.database(chain)
+    if chain == "us":  # a region's log names its own records only
+        overrides.setdefault("record_ids", [US_CONTACT])
     events = []
     for _ in range(count):
         event = make_event(state.clock, **overrides)

@@ -13,7 +13,7 @@ from bastion.state import State
 from tests.conftest import FrozenClock
 from tests.unit.audit.conftest import CONTACT, append_many
 
-OTHER = "con_us_01jd0000000000000000000001"
+OTHER = "con_us_01m86ch3m0e6vstgmhk1bp3v8x"
 ADMIN = "prn_01jd00000000000000000000zz"
 
 

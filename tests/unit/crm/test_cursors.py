@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bastion.crm.catalog import ENTITIES
-from bastion.crm.cursors import CURSOR_MAX_LENGTH, CursorCodec, Position
+from bastion.crm.cursors import CURSOR_MAX_LENGTH, CursorCodec, Position, advanced
 from bastion.errors import BadRequest
 
 fast = settings(database=None, deadline=None, max_examples=150)
@@ -248,3 +248,40 @@ def test_the_error_message_is_generic() -> None:
     assert len(errors) == 1
     (detail,) = errors
     assert "cursor" in detail
+
+
+# --- per-region positions ------------------------------------------------------------
+
+
+@fast
+@given(
+    st.dictionaries(
+        st.sampled_from(["eu", "us", "apac"]),
+        st.tuples(json_scalars, st.text(min_size=1, max_size=40)),
+        max_size=3,
+    ),
+    st.text(max_size=200),
+)
+def test_positions_round_trip(positions: dict[str, tuple[Any, str]], query: str) -> None:
+    sealed = {region: Position(value, row_id) for region, (value, row_id) in positions.items()}
+    cursor = CODEC.seal_positions(query, sealed)
+    assert CODEC.open_positions(query, cursor) == sealed
+
+
+def test_a_single_position_cursor_is_not_a_positions_cursor_nor_the_reverse() -> None:
+    single = CODEC.seal(QUERY, Position(1, ROW_ID))
+    with pytest.raises(BadRequest):
+        CODEC.open_positions(QUERY, single)
+    several = CODEC.seal_positions(QUERY, {"eu": Position(1, ROW_ID)})
+    with pytest.raises(BadRequest):
+        CODEC.open(QUERY, several)
+    with pytest.raises(BadRequest):
+        CODEC.open_positions(QUERY + "x", several)
+
+
+def test_advanced_moves_each_region_to_its_last_emitted_row_only() -> None:
+    start = {"eu": Position(1, "a"), "us": Position(1, "b")}
+    moved = advanced(start, [("eu", Position(2, "c")), ("eu", Position(3, "d"))])
+    assert moved == {"eu": Position(3, "d"), "us": Position(1, "b")}
+    assert start == {"eu": Position(1, "a"), "us": Position(1, "b")}  # not changed in place
+    assert advanced({}, [("apac", Position(5, "e"))]) == {"apac": Position(5, "e")}

@@ -23,7 +23,7 @@ from bastion.crypto.providers import LocalKeyProvider
 from bastion.crypto.tables import region_keys, subject_keys
 from bastion.errors import NotFound, ResidencyViolation
 from bastion.state import State
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, ResidencyGuard
 from tests.unit.crypto.conftest import KeyringFactory, Rollback
 
 ANNA = "con_eu_01m86dzpzyehmvcb1s3m40n3bk"
@@ -200,7 +200,7 @@ def test_a_wrapped_key_moved_to_another_subject_does_not_unwrap(
 
 
 def test_a_key_row_copied_into_another_region_does_not_unwrap(
-    any_keyring: Keyring, state: State
+    any_keyring: Keyring, state: State, residency_guard: ResidencyGuard
 ) -> None:
     with state.regions.get("eu").transaction(write=True) as conn:
         anna = any_keyring.dek_for_subject(conn, "eu", ANNA)
@@ -208,7 +208,8 @@ def test_a_key_row_copied_into_another_region_does_not_unwrap(
         blob = seal(anna, b"anna@example.com", ctx())
     with state.regions.get("us").transaction(write=True) as conn:
         any_keyring.dek_for_subject(conn, "us", CARL)  # the US region has its own KEK
-        conn.execute(insert(subject_keys).values(**row))
+        with residency_guard.tolerated():  # the attack: an operator copies the row
+            conn.execute(insert(subject_keys).values(**row))
     # As copied, the row says it is an EU key: a residency violation, not data.
     with state.regions.get("us").transaction() as conn, pytest.raises(ResidencyViolation):
         any_keyring.dek_by_id(conn, "us", anna.id)
