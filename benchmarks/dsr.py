@@ -28,7 +28,7 @@ from bastion.logs import configure_logging
 from bastion.principals.caller import Caller
 from bastion.residency.ids import RecordId
 from bastion.state import State
-from benchmarks.environment import postgres_available
+from benchmarks.environment import chosen_backends
 from benchmarks.pipeline import deployment, fill_contacts
 
 
@@ -135,10 +135,7 @@ def main() -> None:
     parser.add_argument("--activities", type=int, default=10_000)
     args = parser.parse_args()
     configure_logging("console", "error")
-    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
-    if "postgresql" in backends and (problem := postgres_available()) is not None:
-        print(f"note: PostgreSQL not reachable ({problem}); skipping it")
-        backends.remove("postgresql")
+    backends = chosen_backends(args.backend)
     for backend in backends:
         with (
             tempfile.TemporaryDirectory(prefix="bastion-bench-dsr-") as work,

@@ -55,6 +55,16 @@ def postgres_available() -> str | None:
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
 
 
+def chosen_backends(choice: str) -> list[str]:
+    """The backends a `--backend` choice names ("sqlite", "postgresql" or "all"), without
+    PostgreSQL -- and a printed note saying so -- when it does not answer."""
+    backends = list(BACKENDS) if choice == "all" else [choice]
+    if "postgresql" in backends and (problem := postgres_available()) is not None:
+        print(f"note: PostgreSQL not reachable ({problem}); skipping it")
+        backends.remove("postgresql")
+    return backends
+
+
 def _pg_url(database: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(PG_ADMIN_DSN)
     user = info.get("user", "postgres")
@@ -71,11 +81,11 @@ def backend_databases(backend: str, workdir: Path) -> Iterator[dict[str, Databas
     plaintext rows, and each app's lists and gets must see only its own rows.
     """
     with contextlib.ExitStack() as stack:
-        yield {app: stack.enter_context(_app_databases(backend, app, workdir)) for app in APPS}
+        yield {app: stack.enter_context(app_databases(backend, app, workdir)) for app in APPS}
 
 
 @contextlib.contextmanager
-def _app_databases(backend: str, app: str, workdir: Path) -> Iterator[Databases]:
+def app_databases(backend: str, app: str, workdir: Path) -> Iterator[Databases]:
     home = workdir / backend / app
     home.mkdir(parents=True, exist_ok=True)
     (home / "bastion.toml").write_text("# empty: the benchmark configures by environment\n")

@@ -40,7 +40,7 @@ from bastion.migrate import migrate_all
 from bastion.principals.caller import Caller
 from bastion.residency.ids import RecordId
 from bastion.state import State, build_state
-from benchmarks.environment import PG_ADMIN_DSN, POLICIES, postgres_available
+from benchmarks.environment import PG_ADMIN_DSN, POLICIES, chosen_backends, postgres_available
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -230,10 +230,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "all"), default="all")
     parser.add_argument("--large", type=int, default=1_000_000, help="rows of the large table")
     args = parser.parse_args()
-    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
-    if "postgresql" in backends and (problem := postgres_available()) is not None:
-        print(f"note: PostgreSQL not reachable ({problem}); skipping it")
-        backends.remove("postgresql")
+    backends = chosen_backends(args.backend)
     configure_logging("console", "error")
     results = []
     for backend in backends:

@@ -35,7 +35,7 @@ from bastion.crypto.rotation import KekRotation, RotationProgress
 from bastion.crypto.tables import subject_keys
 from bastion.logs import configure_logging
 from bastion.state import State
-from benchmarks.environment import postgres_available
+from benchmarks.environment import chosen_backends
 from benchmarks.pipeline import deployment
 
 _BATCH = 5_000
@@ -191,10 +191,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
     configure_logging("console", "error")
-    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
-    if "postgresql" in backends and (problem := postgres_available()) is not None:
-        print(f"note: PostgreSQL not reachable ({problem}); skipping it")
-        backends.remove("postgresql")
+    backends = chosen_backends(args.backend)
     for backend in backends:
         with (
             tempfile.TemporaryDirectory(prefix="bastion-bench-rotation-") as work,

@@ -46,10 +46,10 @@ from bastion.logs import configure_logging
 from benchmarks.environment import (
     REGIONS,
     Server,
-    _app_databases,
+    app_databases,
     bastion_environment,
+    chosen_backends,
     migrate_databases,
-    postgres_available,
 )
 
 # Operation weights: mostly reads and creates, some contention on patches.
@@ -274,7 +274,7 @@ def soak(
     from bastion.config import load_settings
     from bastion.state import build_state
 
-    with _app_databases(backend, "bastion", workdir) as databases:
+    with app_databases(backend, "bastion", workdir) as databases:
         env = bastion_environment(databases)
         migrate_databases(env)
         state = build_state(load_settings(env))
@@ -332,10 +332,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     configure_logging("console", "error")
-    backends = ["sqlite", "postgresql"] if args.backend == "all" else [args.backend]
-    if "postgresql" in backends and (problem := postgres_available()) is not None:
-        print(f"note: PostgreSQL not reachable ({problem}); skipping it")
-        backends.remove("postgresql")
+    backends = chosen_backends(args.backend)
     failed = False
     for backend in backends:
         with tempfile.TemporaryDirectory(prefix="bastion-soak-") as work:
