@@ -10,9 +10,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import event
 from starlette.testclient import TestClient
 
 from bastion.app import create_app
@@ -132,3 +134,39 @@ def test_a_locked_table_is_a_quick_503_and_the_other_region_serves(
     finally:
         release.set()
         state.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # its page limit: a full disk
+def test_a_full_disk_fails_writes_cleanly_and_loses_nothing(
+    client: TestClient, admin: dict[str, str], state: State
+) -> None:
+    before = create(client, "contacts", contact_body(), admin)
+    engine = state.regions.get("eu").engine
+    engine.dispose()  # new connections from here on see the limit
+
+    @event.listens_for(engine, "connect")
+    def disk_full(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        pages = cursor.execute("PRAGMA page_count").fetchone()[0]
+        cursor.execute(f"PRAGMA max_page_count = {pages}")
+        cursor.close()
+
+    canary = "Vollplatte-Canary"
+    refused = 0
+    for _ in range(40):  # until the last free page is used up
+        response = client.post("/v1/contacts", json=contact_body(last_name=canary), headers=admin)
+        if response.status_code != 201:
+            refused += 1
+            body = _problem(response, 503, "region-unavailable")
+            assert body["region"] == "eu"
+            assert canary not in response.text
+    assert refused
+    event.remove(engine, "connect", disk_full)
+    engine.dispose()
+    # Space again: everything acknowledged is there, every refused write is not, and
+    # the audit chain (whose append failed with each refused write) still verifies.
+    listed = client.get("/v1/contacts?region=eu&limit=200", headers=admin).json()["data"]
+    assert before["id"] in {c["id"] for c in listed}
+    assert len(listed) == 1 + 40 - refused
+    state.audit.flush("eu")
+    assert state.audit.verify("eu").ok
