@@ -124,6 +124,40 @@ def test_openapi_with_a_token_is_the_callers_own_view(client: TestClient, tokens
     assert "/v1/policy" in auditor["paths"]
 
 
+def test_the_callers_view_keeps_record_markers_links_and_regions_it_can_use(
+    client: TestClient, tokens: Tokens
+) -> None:
+    """The view lists `_erased` and `_restricted` (any reader may get them), links only
+    to operations it keeps, and the regions where the caller may create or list."""
+    support = client.get("/openapi.json", headers=tokens.headers("support_agent")).json()
+    schemas, paths = support["components"]["schemas"], support["paths"]
+    assert {"_withheld", "_erased", "_restricted"} <= set(schemas["Contact"]["properties"])
+    kept = {
+        operation["operationId"]
+        for item in paths.values()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    links = [
+        link
+        for item in paths.values()
+        for method, operation in item.items()
+        if method != "parameters"
+        for response in operation["responses"].values()
+        for link in response.get("links", {}).values()
+    ]
+    assert links
+    assert {link["operationId"] for link in links} <= kept
+    read_contact = paths["/v1/contacts/{id}"]["get"]["responses"]["200"]
+    assert set(read_contact["links"]) == {"UpdateContact"}  # no delete for support agents
+    assert schemas["CaseCreate"]["properties"]["region"]["enum"] == ["eu", "us"]
+    listing = {p["name"]: p for p in paths["/v1/cases"]["get"]["parameters"]}
+    assert listing["region"]["schema"]["enum"] == ["eu", "us"]
+    eu = tokens.headers("support_agent", regions=("eu",), name="eu-agent")
+    eu_only = client.get("/openapi.json", headers=eu).json()["components"]["schemas"]
+    assert eu_only["CaseCreate"]["properties"]["region"]["enum"] == ["eu"]
+
+
 @dataclass
 class Editable:
     client: TestClient

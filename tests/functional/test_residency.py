@@ -92,6 +92,26 @@ def test_references_never_cross_regions(client: TestClient, admin: dict[str, str
     ]
 
 
+def test_a_filter_on_a_link_asks_only_the_linked_records_region(
+    client: TestClient, admin: dict[str, str], residency_guard: ResidencyGuard
+) -> None:
+    """Found by tests/functional/test_fuzz.py: a list filtered on an EU account id
+    fanned out to every region, sending the EU id to the US database."""
+    account = create(client, "accounts", {"name": "Acme", "region": "eu"}, admin)
+    case = create(client, "cases", {"subject": "Outage", "account_id": account["id"]}, admin)
+    create(client, "cases", {"subject": "Elsewhere", "region": "us"}, admin)
+    listed = client.get("/v1/cases", params={"account_id": account["id"]}, headers=admin)
+    assert [r["id"] for r in listed.json()["data"]] == [case["id"]]
+    us_contact = str(RecordId.new("con", "us", datetime.now(UTC)))
+    for query in ({"region": "us"}, {"contact_id": us_contact}):
+        elsewhere = client.get(
+            "/v1/cases", params={"account_id": account["id"], **query}, headers=admin
+        )
+        assert elsewhere.status_code == 200, elsewhere.text
+        assert elsewhere.json() == {"data": [], "next_cursor": None}
+    assert residency_guard.breaches == []
+
+
 def test_the_residency_guard_catches_an_id_sent_to_another_region(backend: Backend) -> None:
     """The guard every `state` test ends with (tests/conftest.py) is not vacuous."""
     guard = ResidencyGuard(("eu", "us"))

@@ -95,6 +95,65 @@ def test_openapi_is_generated_from_the_catalog(client: TestClient) -> None:
     assert "<script" not in docs.text
 
 
+def test_openapi_documents_every_answer_an_operation_can_give(client: TestClient) -> None:
+    """Found by tests/functional/test_fuzz.py: malformed bodies (400), bodies too large
+    (413) or of another type (415), foreign cursors (400) and missing tokens (401) were
+    answered by operations that did not document them; lead conversion documented
+    only 200 and 409, no response body and no If-Match."""
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            codes = set(operation["responses"])
+            if operation.get("security") != []:
+                assert "401" in codes, (method, path)
+            if "requestBody" in operation:
+                assert {"400", "413", "415"} <= codes, (method, path)
+            names = {p["name"] for p in operation.get("parameters", [])}
+            if "cursor" in names:
+                assert "400" in codes, (method, path)
+    convert = paths["/v1/leads/{id}/convert"]["post"]
+    assert {"200", "400", "401", "403", "404", "409", "412", "422"} <= set(convert["responses"])
+    converted = convert["responses"]["200"]["content"]["application/json"]["schema"]
+    assert converted["properties"]["contact"] == {"$ref": "#/components/schemas/Contact"}
+    assert "If-Match" in {p["name"] for p in convert["parameters"]}
+
+
+def test_openapi_links_a_new_record_to_what_comes_next(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    operation_ids = {
+        operation["operationId"]
+        for item in document["paths"].values()
+        for method, operation in item.items()
+        if method != "parameters"
+    }
+    for name, spec in ENTITIES.items():
+        created = document["paths"][f"/v1/{name}"]["post"]["responses"]["201"]
+        title = spec.singular.title().replace(" ", "")
+        links = created["links"]
+        assert links[f"Get{title}"]["parameters"] == {"path.id": "$response.body#/id"}
+        assert links[f"Update{title}"]["parameters"] == {
+            "path.id": "$response.body#/id",
+            "header.If-Match": "$response.header.ETag",
+        }
+        assert {link["operationId"] for link in links.values()} <= operation_ids
+    lead = document["paths"]["/v1/leads"]["post"]["responses"]["201"]["links"]
+    assert lead["ConvertLead"]["operationId"] == "convert_lead"
+
+
+def test_openapi_filters_carry_their_fields_types(client: TestClient) -> None:
+    listing = client.get("/openapi.json").json()["paths"]["/v1/accounts"]["get"]
+    parameters = {p["name"]: p["schema"] for p in listing["parameters"]}
+    assert parameters["employee_count"] == {"type": "integer", "minimum": 0, "maximum": 10000000}
+    assert parameters["annual_revenue"] == {
+        "type": "string",
+        "pattern": r"^[0-9]{1,15}(\.[0-9]{1,2})?$",
+    }
+    assert parameters["type"]["enum"]
+    assert parameters["name"]["pattern"] == "^[^\\u0000-\\u001f\\u007f]*$"
+
+
 def test_revoked_and_expired_tokens_stop_working(
     client: TestClient, state: State, clock: FrozenClock
 ) -> None:

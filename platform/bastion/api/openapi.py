@@ -21,7 +21,7 @@ from bastion.api import policy as policy_api
 from bastion.api.auth import authenticate, state_of
 from bastion.api.openapi_tailor import tailored
 from bastion.api.problems import JSON
-from bastion.crm.catalog import ENTITIES, EntitySpec
+from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
 from bastion.crm.listing import DEFAULT_LIMIT, MAX_LIMIT
 from bastion.crm.records import ERASED, RESTRICTED, WITHHELD
 from bastion.crm.schemas import create_model, json_schema, patch_model
@@ -34,6 +34,9 @@ _ERRORS = {
     "404": _PROBLEM,
     "503": _PROBLEM,
 }
+
+
+_METHODS = frozenset({"get", "put", "post", "patch", "delete"})
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -85,10 +88,42 @@ def _record_schema(spec: EntitySpec) -> dict[str, Any]:
     }
 
 
+_VALUE_KEYWORDS = frozenset(
+    {"type", "enum", "format", "pattern", "maxLength", "minimum", "maximum"}
+    | {"exclusiveMinimum", "exclusiveMaximum"}
+)
+
+
+def _filter_schema(field: FieldSpec) -> dict[str, Any]:
+    """A filter's value as the query string carries it: the field's own schema (a
+    decimal as a plain decimal string)."""
+    schema = {k: v for k, v in json_schema(field).items() if k in _VALUE_KEYWORDS}
+    if field.type == "decimal":
+        return {"type": "string", "pattern": schema["pattern"]}
+    return schema
+
+
 def _body_schema(model: Any) -> dict[str, Any]:
     schema: dict[str, Any] = model.model_json_schema(ref_template="#/components/schemas/{model}")
     schema.pop("title", None)
     return schema
+
+
+def _links(spec: EntitySpec, *operations: str) -> dict[str, Any]:
+    """OpenAPI links from a response carrying one record (its body and ETag) to the
+    operations on that record: what a client, or a stateful fuzzer, does next."""
+    singular = spec.singular.replace(" ", "_")
+    record_id = {"path.id": "$response.body#/id"}
+    versioned = {**record_id, "header.If-Match": "$response.header.ETag"}
+    links: dict[str, Any] = {}
+    for operation in operations:
+        links[f"{operation.title()}{_title(spec)}"] = {
+            "operationId": f"{operation}_{singular}",
+            "parameters": record_id if operation == "get" else versioned,
+        }
+    if spec.name == "leads":
+        links["ConvertLead"] = {"operationId": "convert_lead", "parameters": versioned}
+    return links
 
 
 def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
@@ -101,7 +136,7 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
             "in": "query",
             "required": False,
             "description": f"Equality filter on {field.name}.",
-            "schema": {"type": "string"},
+            "schema": _filter_schema(field),
         }
         for field in spec.fields
         if field.filterable
@@ -181,6 +216,7 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
                         "description": "Created.",
                         "content": record,
                         "headers": {**etag, "Location": {"schema": {"type": "string"}}},
+                        "links": _links(spec, "get", "update", "delete"),
                     },
                     "409": _PROBLEM,
                     "413": _PROBLEM,
@@ -198,7 +234,12 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
                 "operationId": f"get_{spec.singular.replace(' ', '_')}",
                 "tags": [name],
                 "responses": {
-                    "200": {"description": "The record.", "content": record, "headers": etag},
+                    "200": {
+                        "description": "The record.",
+                        "content": record,
+                        "headers": etag,
+                        "links": _links(spec, "update", "delete"),
+                    },
                     **_ERRORS,
                 },
             },
@@ -222,7 +263,12 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": {"description": "The record.", "content": record, "headers": etag},
+                    "200": {
+                        "description": "The record.",
+                        "content": record,
+                        "headers": etag,
+                        "links": _links(spec, "get", "update", "delete"),
+                    },
                     "412": _PROBLEM,
                     "415": _PROBLEM,
                     "422": _PROBLEM,
@@ -243,6 +289,87 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
             },
         },
     }
+
+
+def _convert_path() -> dict[str, Any]:
+    converted = {
+        "type": "object",
+        "properties": {
+            "lead": _ref("Lead"),
+            "contact": _ref("Contact"),
+            "account": _ref("Account"),
+            "opportunity": {"anyOf": [_ref("Opportunity"), {"type": "null"}]},
+        },
+        "required": ["lead", "contact", "account", "opportunity"],
+    }
+    return {
+        "post": {
+            "operationId": "convert_lead",
+            "summary": "Convert a lead into a contact, an account and optionally an opportunity",
+            "tags": ["leads"],
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "If-Match",
+                    "in": "header",
+                    "description": "The lead's ETag (optional; 412 if stale).",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "account_id": {
+                                    "type": "string",
+                                    "description": "An existing account (default: a new one).",
+                                },
+                                "opportunity": {
+                                    "type": "object",
+                                    "description": "Fields of a new opportunity.",
+                                },
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "The converted lead and the records made from it.",
+                    "content": {"application/json": {"schema": converted}},
+                },
+                "409": _PROBLEM,
+                "412": _PROBLEM,
+                "422": _PROBLEM,
+                **_ERRORS,
+            },
+        }
+    }
+
+
+def _complete_problems(paths: dict[str, Any]) -> None:
+    """Document the problems every operation of a kind can answer, whatever its handler:
+    401 without a valid token, 400/413/415 for a body that is not well-formed JSON, too
+    large or of another media type, and 400 for a list cursor that is not ours."""
+    for item in paths.values():
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            codes: list[str] = []
+            if operation.get("security") != []:
+                codes.append("401")
+            if "requestBody" in operation:
+                codes += ["400", "413", "415"]
+            parameters = [*item.get("parameters", []), *operation.get("parameters", [])]
+            if any(p.get("name") == "cursor" and p.get("in") == "query" for p in parameters):
+                codes.append("400")
+            for code in codes:
+                responses.setdefault(code, _PROBLEM)
 
 
 @cache
@@ -284,31 +411,7 @@ def openapi_document() -> dict[str, Any]:
         }
         schemas[f"{title}Patch"] = _body_schema(patch_model(spec))
         paths.update(_entity_paths(spec))
-    paths["/v1/leads/{id}/convert"] = {
-        "post": {
-            "operationId": "convert_lead",
-            "summary": "Convert a lead into a contact, an account and optionally an opportunity",
-            "tags": ["leads"],
-            "parameters": [
-                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "requestBody": {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "properties": {
-                                "account_id": {"type": "string"},
-                                "opportunity": {"type": "object"},
-                            },
-                        }
-                    }
-                }
-            },
-            "responses": {"200": {"description": "The converted records."}, "409": _PROBLEM},
-        }
-    }
+    paths["/v1/leads/{id}/convert"] = _convert_path()
     paths.update(policy_api.openapi_paths(_PROBLEM))
     paths.update(audit_api.openapi_paths())
     paths.update(dsr_api.openapi_paths(_PROBLEM))
@@ -319,6 +422,10 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "The principal."}, "401": _PROBLEM},
         }
     }
+    for item in paths.values():  # every operation can meet the per-token rate limit
+        for method, operation in item.items():
+            if method != "parameters":
+                operation["responses"].setdefault("429", _PROBLEM)
     for path, summary in (("/healthz", "Liveness"), ("/readyz", "Readiness of every database")):
         paths[path] = {
             "get": {
@@ -328,6 +435,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "OK"}, "503": _PROBLEM},
             }
         }
+    _complete_problems(paths)
     return {
         "openapi": "3.1.0",
         "info": {

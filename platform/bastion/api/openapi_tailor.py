@@ -15,11 +15,13 @@ from typing import Any
 
 from bastion.crm.catalog import ENTITIES, SYSTEM_FIELDS
 from bastion.crm.permissions import effective_permissions, system_permissions
-from bastion.crm.records import WITHHELD
+from bastion.crm.records import ERASED, RESTRICTED, WITHHELD
 from bastion.policy.engine import Policy
 from bastion.principals.tokens import Principal
 
 _OPERATIONS = {"get": "list", "post": "create"}
+# Lists of field names any record may carry, whoever reads it.
+_MARKERS = (WITHHELD, ERASED, RESTRICTED)
 _ITEM_OPERATIONS = {"get": "read", "patch": "update", "delete": "delete"}
 
 
@@ -37,7 +39,7 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
         record["properties"] = {
             key: value
             for key, value in record["properties"].items()
-            if key in SYSTEM_FIELDS or key == WITHHELD or key in readable
+            if key in SYSTEM_FIELDS or key in _MARKERS or key in readable
         }
         for field, condition in granted["conditional_read_fields"].items():
             record["properties"][field] = {
@@ -59,6 +61,10 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
                     }
             if "required" in schema:
                 schema["required"] = [r for r in schema["required"] if r in schema["properties"]]
+        creatable = _regions_allowing(granted, "create")
+        region = schemas[f"{title}Create"]["properties"].get("region")
+        if region is not None and creatable:
+            region["enum"] = creatable
         allowed = set(granted["actions"])
         _keep(paths, f"/v1/{name}", _OPERATIONS, allowed)
         _keep(paths, f"/v1/{name}/{{id}}", _ITEM_OPERATIONS, allowed)
@@ -76,12 +82,18 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
                 or p["name"] in always
             ]
             for parameter in listing["parameters"]:
+                if parameter["name"] == "region" and listed:
+                    parameter["schema"] = {
+                        **parameter["schema"],
+                        "enum": _regions_allowing(granted, "list"),
+                    }
                 if parameter["name"] == "sort":
                     parameter["schema"]["enum"] = [
                         s
                         for s in parameter["schema"]["enum"]
                         if s.lstrip("-") in SYSTEM_FIELDS or s.lstrip("-") in always
                     ]
+    _drop_dangling_links(paths)
     view["x-bastion-permissions"] = {
         "principal": principal.id,
         "roles": sorted(principal.roles),
@@ -93,6 +105,11 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
     return view
 
 
+def _regions_allowing(granted: dict[str, Any], action: str) -> list[str]:
+    """The caller's regions where its roles allow `action` on the entity."""
+    return [name for name, region in granted["regions"].items() if action in region["actions"]]
+
+
 def _keep(paths: dict[str, Any], path: str, operations: dict[str, str], allowed: set[str]) -> None:
     item = paths.get(path)
     if item is None:
@@ -102,3 +119,25 @@ def _keep(paths: dict[str, Any], path: str, operations: dict[str, str], allowed:
             item.pop(method, None)
     if not any(m in item for m in ("get", "post", "patch", "delete", "put")):
         paths.pop(path)
+
+
+def _drop_dangling_links(paths: dict[str, Any]) -> None:
+    """Links to operations the view left out would name operations that do not exist."""
+    present = {
+        operation["operationId"]
+        for item in paths.values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "operationId" in operation
+    }
+    for item in paths.values():
+        for operation in item.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                links = response.get("links")
+                if links is None:
+                    continue
+                for name in [n for n, link in links.items() if link["operationId"] not in present]:
+                    del links[name]
+                if not links:
+                    del response["links"]

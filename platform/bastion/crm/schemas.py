@@ -240,7 +240,9 @@ def json_schema(spec: FieldSpec) -> dict[str, Any]:
                 "type": ["string", "number"],
                 "format": "decimal",
                 "x-decimal-places": spec.scale,
+                "pattern": _decimal_pattern(spec),
             }
+            schema.update(_decimal_range(spec))
         case "boolean":
             schema = {"type": "boolean"}
         case "date":
@@ -254,10 +256,18 @@ def json_schema(spec: FieldSpec) -> dict[str, Any]:
                 "type": "object",
                 "maxProperties": CUSTOM_MAX_KEYS,
                 "propertyNames": {"pattern": _CUSTOM_KEY_RE.pattern},
-                "additionalProperties": {"type": ["string", "number", "boolean", "null"]},
+                "additionalProperties": {
+                    "type": ["string", "number", "boolean", "null"],
+                    "maxLength": CUSTOM_MAX_STRING,
+                    "pattern": _TEXT_PATTERN,
+                    "exclusiveMinimum": -_JSON_SAFE_INT,
+                    "exclusiveMaximum": _JSON_SAFE_INT,
+                },
             }
         case "ref":
             schema = {"type": "string", "maxLength": ID_MAX_LENGTH, "pattern": _ref_pattern(spec)}
+        case "string":
+            schema = {"type": "string", "pattern": _LINE_PATTERN}
         case _:
             schema = {"type": "string"}
             pattern = _PATTERNS.get(spec.type)
@@ -282,6 +292,44 @@ def json_schema(spec: FieldSpec) -> dict[str, Any]:
     if spec.searchable:
         schema["x-searchable"] = True
     return schema
+
+
+# What `_FORBIDDEN_IN_LINE` and `_FORBIDDEN_CHARS` refuse, as JSON Schema patterns
+# (lone surrogates cannot occur in JSON text that is valid UTF-8). Long text fields
+# (up to 100,000 characters) do not carry theirs: generating from such a pattern
+# takes a schema-driven client or fuzzer hundreds of megabytes.
+_LINE_PATTERN = "^[^\\u0000-\\u001f\\u007f]*$"
+_TEXT_PATTERN = "^[^\\u0000-\\u0008\\u000b\\u000c\\u000e-\\u001f\\u007f]*$"
+
+
+def _decimal_pattern(spec: FieldSpec) -> str:
+    """The plain decimal strings within the field's range and scale (the validator also
+    takes an exponent or surrounding spaces; this is what a client should send)."""
+    digits = "+" if spec.maximum is None else f"{{1,{len(str(abs(int(Decimal(spec.maximum)))))}}}"
+    sign = "" if spec.minimum is not None and spec.minimum >= 0 else "-?"
+    fraction = f"(\\.[0-9]{{1,{spec.scale}}})?" if spec.scale else ""
+    return f"^{sign}[0-9]{digits}{fraction}$"
+
+
+def _decimal_range(spec: FieldSpec) -> dict[str, int | float]:
+    """The field's range as exact JSON numbers (a bound a float cannot hold exactly,
+    such as 999999999999999.99, becomes the exclusive bound one step beyond it)."""
+    step = Decimal(1).scaleb(-(spec.scale or 0))
+    bounds: dict[str, int | float] = {}
+    for key, exclusive, bound, beyond in (
+        ("minimum", "exclusiveMinimum", spec.minimum, -step),
+        ("maximum", "exclusiveMaximum", spec.maximum, step),
+    ):
+        if bound is None:
+            continue
+        bound = Decimal(bound)
+        if bound == bound.to_integral_value():
+            bounds[key] = int(bound)
+        elif Decimal(float(bound)) == bound:
+            bounds[key] = float(bound)
+        elif (bound + beyond) == (bound + beyond).to_integral_value():
+            bounds[exclusive] = int(bound + beyond)
+    return bounds
 
 
 _PATTERNS = {

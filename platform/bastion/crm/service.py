@@ -134,8 +134,14 @@ class RecordService(Pipeline):
         positions: dict[str, Position] = {}
         if query.cursor is not None:
             positions = self._cursors.open_positions(fingerprint, query.cursor)
+        # A record links only to records of its own region, so a filter on a link
+        # (`account_id=acc_eu_…`) can match only there: the other regions are not
+        # asked, and never see the id of a record that is not theirs.
+        linked = _linked_regions(spec, filters)
         pages = []
         for region, scope in regions:
+            if linked is not None and linked != {region}:
+                continue
             at = positions.get(region)
             after = None if at is None else (from_cursor_value(spec, sort.column, at.value), at.id)
             pages.append(
@@ -554,3 +560,15 @@ def _merge_custom(current: Any, patch: Any) -> Any:
         else:
             merged[key] = value
     return merged
+
+
+def _linked_regions(spec: EntitySpec, filters: Mapping[str, Any]) -> set[str] | None:
+    """The regions of the records that the link filters name (None: no link filter)."""
+    links = [
+        value
+        for name, value in filters.items()
+        if (field := spec.field(name)) is not None and field.type == "ref"
+    ]
+    if not links:
+        return None
+    return {RecordId.parse(value).region for value in links}

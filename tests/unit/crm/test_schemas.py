@@ -814,6 +814,8 @@ def test_ref_schema_pattern_agrees_with_the_validator(spec: EntitySpec, field: F
 @pytest.mark.parametrize(
     ("spec", "name", "values"),
     [
+        (ACCOUNTS, "name", ["Acme", "Acme\tGmbH", "Ac\x00me", "Acme\n", "Acme\x7f", "Äcme ✓"]),
+        (ACCOUNTS, "annual_revenue", ["0", "12.5", "12.34", "12.345", "-1", "1" * 16]),
         (CONTACTS, "phone", ["+4930123456", "4930123456", "+0301234567", "+12"]),
         (ACCOUNTS, "billing_country", ["DE", "de", "D"]),
         (ACCOUNTS, "currency", ["EUR", "eur", "EU"]),
@@ -831,4 +833,6 @@ def test_schema_patterns_agree_with_the_validator(
             valid = True
         except ValidationFailed:
             valid = False
-        assert (re.search(pattern, value) is not None) == valid, value
+        # JSON Schema patterns are ECMA-262: `$` is the end of the text, never before a
+        # final newline as in Python.
+        assert (re.search(pattern.replace("$", r"\Z"), value) is not None) == valid, value
