@@ -124,6 +124,7 @@ def bastion_environment(databases: Databases) -> dict[str, str]:
         # The load generator sends thousands of requests per second on one token:
         # the per-token rate limit would measure itself, not the pipeline.
         "BASTION_LIMITS_REQUESTS_PER_SECOND": "0",
+        "BASTION_LIMITS_FAILED_AUTH_PER_MINUTE": "0",
     }
     for region in REGIONS:
         env[f"BASTION_REGION_{region.upper()}_URL"] = databases.urls[region]

@@ -142,6 +142,7 @@ def settings_for(backend: Backend, home: Path, **extra: str) -> Settings:
         **{f"BASTION_REGION_{r.upper()}_URL": backend.urls[r] for r in REGIONS},
         # Limiting stays on, far above what one test sends (test_hygiene tests limits).
         "BASTION_LIMITS_REQUESTS_PER_SECOND": "1000000",
+        "BASTION_LIMITS_FAILED_AUTH_PER_MINUTE": "1000000",
         **extra,
     }
     return load_settings(environ)

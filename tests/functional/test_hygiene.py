@@ -96,6 +96,28 @@ def test_a_flood_of_wrong_tokens_is_limited_per_token_before_authentication(
     assert anonymous == [401, 401, 401, 429]  # no token: limited by client address
 
 
+@pytest.fixture
+def guarded(backend: Backend, tmp_path: Path, state: State) -> Iterator[TestClient]:
+    """An app allowing each client address 3 failed authentications per minute."""
+    (tmp_path / "absent.toml").write_text("")
+    settings = settings_for(backend, tmp_path, BASTION_LIMITS_FAILED_AUTH_PER_MINUTE="3")
+    with TestClient(create_app(settings, state=state)) as c:
+        yield c
+
+
+def test_guessing_tokens_is_limited_per_address_whatever_the_guess(
+    guarded: TestClient, tokens: Tokens
+) -> None:
+    guesses = [{"Authorization": f"Bearer bst_{n:016d}_{'x' * 43}"} for n in range(5)]
+    statuses = [guarded.get("/v1/me", headers=guess).status_code for guess in guesses]
+    assert statuses == [401, 401, 401, 429, 429]  # a fresh token is no fresh allowance
+    # From that address even a valid token waits: a guess looks like one until looked up.
+    refused = guarded.get("/v1/me", headers=tokens.headers("admin"))
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert guarded.get("/healthz").status_code == 200
+
+
 def test_buckets_refill_at_the_configured_rate() -> None:
     now = [0.0]
     buckets = TokenBuckets(2.0, 2, clock=lambda: now[0])
@@ -106,7 +128,10 @@ def test_buckets_refill_at_the_configured_rate() -> None:
     assert buckets.take(b"k") == 0.0  # one token came back
     assert buckets.take(b"k") == pytest.approx(0.5)
     now[0] = 100.0
+    assert buckets.wait(b"k") == 0.0  # looking takes nothing
     assert [buckets.take(b"k") for _ in range(3)] == [0.0, 0.0, pytest.approx(0.5)]  # burst caps
+    assert buckets.wait(b"k") == pytest.approx(0.5)
+    assert buckets.wait(b"unknown") == 0.0
 
 
 def test_buckets_forget_the_least_recently_used_key_first() -> None:
