@@ -21,8 +21,12 @@ from benchmarks.load import Call, CallFactory
 LIST_LIMIT = 50
 SEED_ROWS = 2 * LIST_LIMIT + 20  # per app, so a list always returns a full page
 GET_POOL = 2000  # contacts the get phase picks from, per app
-# The create phase numbers its contacts from here on, clear of the seeded ones.
+# The create phase numbers its contacts from here on, clear of the seeded ones; each
+# create phase (one per concurrency level) starts a span further on, so that no phase
+# creates a person an earlier one did (Bastion would answer 409).
 CREATE_FIRST = 1_000_000
+CREATE_PHASE_SPAN = 10_000_000
+_CREATE_PHASES = itertools.count()
 
 # An operation's requests for each app, given each app's eu database URL (by app,
 # to look ids up) and a seeded rng: app -> the factory of its calls.
@@ -57,6 +61,12 @@ def create_calls(first: int) -> CallFactory:
     """
     numbers = itertools.count(first)
     return lambda _n: create_call(next(numbers))
+
+
+def create_workload(urls: Mapping[str, str], _rng: random.Random) -> dict[str, CallFactory]:
+    """Each app's creates for one phase: new people, numbered past every earlier phase."""
+    first = CREATE_FIRST + next(_CREATE_PHASES) * CREATE_PHASE_SPAN
+    return {app: create_calls(first) for app in urls}
 
 
 def list_call(_n: int) -> Call:
@@ -150,7 +160,7 @@ def get_workload(urls: Mapping[str, str], rng: random.Random) -> dict[str, CallF
 # What `run` measures and `--profile` profiles, in this order. A new benchmark is a
 # new entry (and, if the baseline should serve it, a route in baseline.py).
 OPERATIONS: dict[str, Workload] = {
-    "create": lambda urls, _rng: {app: create_calls(CREATE_FIRST) for app in urls},
+    "create": create_workload,
     "get": get_workload,
     "list": lambda urls, _rng: dict.fromkeys(urls, list_call),
 }
