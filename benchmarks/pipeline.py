@@ -69,7 +69,14 @@ class PlaintextCodec(RecordCodec):
         return stored
 
     def reveal(  # type: ignore[override]
-        self, conn: Any, spec: Any, region: str, stored: Mapping[str, Any], fields: Any
+        self,
+        conn: Any,
+        spec: Any,
+        region: str,
+        stored: Mapping[str, Any],
+        fields: Any,
+        *,
+        restricted_too: bool = True,
     ) -> Revealed:
         values = dict(stored)
         for field in spec.encrypted_fields:
