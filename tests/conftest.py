@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,12 +23,14 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import structlog
 from sqlalchemy import Engine, create_engine, event, text
 from starlette.testclient import TestClient
 
 from bastion import migrate as migrations
 from bastion.app import create_app
 from bastion.config import Settings, load_settings
+from bastion.logs import configure_logging
 from bastion.residency.databases import create_db_engine
 from bastion.schema import control_metadata, region_metadata
 from bastion.state import State, build_state
@@ -267,3 +269,21 @@ def tokens(state: State) -> Tokens:
 @pytest.fixture
 def admin(tokens: Tokens) -> dict[str, str]:
     return tokens.headers("admin")
+
+
+@pytest.fixture
+def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
+    """Everything logged since the last call; the first call starts JSON logs at DEBUG
+    (inside the test: capsys swaps the streams between the setup and call phases)."""
+    started = False
+
+    def read() -> str:
+        nonlocal started
+        if not started:
+            configure_logging("json", "DEBUG")
+            started = True
+        output = capsys.readouterr()
+        return output.out + output.err
+
+    yield read
+    structlog.reset_defaults()

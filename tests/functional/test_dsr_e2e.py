@@ -34,7 +34,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import structlog
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
@@ -47,7 +46,6 @@ from bastion.crypto.tables import subject_keys
 from bastion.dsr import certificate as certificates
 from bastion.dsr.steps import corrections_context
 from bastion.dsr.tables import dsr_requests
-from bastion.logs import configure_logging
 from bastion.state import State, build_state
 from tests.conftest import PG_DSN, REGIONS, SECRET, Backend, FrozenClock, Tokens, settings_for
 from tests.factories import create
@@ -57,24 +55,6 @@ from tests.factories import create
 def settings(backend: Backend, tmp_path: Path) -> Settings:
     (tmp_path / "absent.toml").write_text("")
     return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
-
-
-@pytest.fixture
-def logged(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
-    """Everything logged since the last call; the first call starts JSON logs at DEBUG
-    (inside the test: capsys swaps the streams between the setup and call phases)."""
-    started = False
-
-    def read() -> str:
-        nonlocal started
-        if not started:
-            configure_logging("json", "DEBUG")
-            started = True
-        output = capsys.readouterr()
-        return output.out + output.err
-
-    yield read
-    structlog.reset_defaults()
 
 
 @pytest.fixture

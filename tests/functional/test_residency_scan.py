@@ -17,16 +17,14 @@ import io
 import secrets
 import subprocess
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from starlette.testclient import TestClient
 
 from bastion.config import Settings
-from bastion.logs import configure_logging
 from bastion.state import State
 from tests.conftest import REGIONS, Backend, Tokens, settings_for
 from tests.factories import contact_body, create
@@ -37,23 +35,6 @@ from tests.functional.test_dsr_e2e import open_request, run_request
 def settings(backend: Backend, tmp_path: Path) -> Settings:
     (tmp_path / "absent.toml").write_text("")
     return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
-
-
-@pytest.fixture
-def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[[], str]]:
-    """Everything logged (JSON, DEBUG) since the test body started."""
-    configured = False
-
-    def read() -> str:
-        nonlocal configured
-        if not configured:
-            configure_logging("json", "DEBUG")
-            configured = True
-        output = capsys.readouterr()
-        return output.out + output.err
-
-    yield read
-    structlog.reset_defaults()
 
 
 def _write_region(
@@ -150,9 +131,9 @@ def test_no_canary_of_a_region_is_found_anywhere_outside_it(
     state: State,
     admin: dict[str, str],
     tokens: Tokens,
-    logs: Callable[[], str],
+    logged: Callable[[], str],
 ) -> None:
-    logs()
+    logged()
     canaries = {region: f"zq{region}{secrets.token_hex(6)}" for region in REGIONS}
     people = {r: _write_region(client, admin, r, canaries[r]) for r in REGIONS}
     officer = tokens.headers("compliance_officer", name="dpo")
@@ -184,7 +165,7 @@ def test_no_canary_of_a_region_is_found_anywhere_outside_it(
         with zipfile.ZipFile(io.BytesIO(package.content)) as archive:
             packages[region] = {n: archive.read(n) for n in archive.namelist()}
         assert any(canaries[region].encode() in data for data in packages[region].values())
-    logged = logs()
+    written_logs = logged()
     state.close()  # flush and release the SQLite files before reading their bytes
 
     for region, canary in canaries.items():
@@ -197,4 +178,4 @@ def test_no_canary_of_a_region_is_found_anywhere_outside_it(
         for other in others:
             for name, data in packages[other].items():
                 assert needle not in data, (canary, other, name)
-        assert canary not in logged
+        assert canary not in written_logs
