@@ -55,31 +55,26 @@ class KeyProvider(Protocol):
     """Versioned KEKs per region, and wrapping under them. See the module docstring."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str:
+        """The provider's name, as the settings say it (`local`, `pkcs11`)."""
 
     def versions(self, region: str) -> tuple[int, ...]:
         """The region's existing KEK versions, ascending (empty if it has none)."""
-        ...
 
     def create_version(self, region: str, version: int) -> None:
         """Create KEK `version` for `region` unless it exists (idempotent, race-safe)."""
-        ...
 
     def destroy_version(self, region: str, version: int) -> None:
         """Destroy KEK `version` for good (a no-op if it is already gone)."""
-        ...
 
     def wrap(self, region: str, version: int, key: bytes, aad: bytes) -> bytes:
         """Encrypt `key` under the region's KEK `version`, bound to `aad`."""
-        ...
 
     def unwrap(self, region: str, version: int, wrapped: bytes, aad: bytes) -> bytes:
         """Inverse of `wrap`; raises as described in the module docstring."""
-        ...
 
     def close(self) -> None:
         """Release sessions and forget cached key handles."""
-        ...
 
 
 def check_version(version: int) -> None:
