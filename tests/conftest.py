@@ -151,9 +151,11 @@ def settings_for(backend: Backend, home: Path, **extra: str) -> Settings:
 
 
 @pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
+def settings(backend: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for the test's databases; a module adds its own variables in
+    `SETTINGS_ENV` (e.g. DSR tests run requests themselves, not the app's runner)."""
     (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path)
+    return settings_for(backend, tmp_path, **getattr(request.module, "SETTINGS_ENV", {}))
 
 
 @pytest.fixture

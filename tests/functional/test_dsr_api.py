@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,17 +22,13 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from bastion.audit.tables import AUDIT
-from bastion.config import Settings
 from bastion.residency.ids import RecordId
 from bastion.state import State
-from tests.conftest import Backend, FrozenClock, Tokens, settings_for
+from tests.conftest import FrozenClock, Tokens
 from tests.factories import account_body, contact_body, create
 
-
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 @pytest.fixture

@@ -42,7 +42,6 @@ from sqlalchemy import insert, select, update
 from starlette.testclient import TestClient
 
 from bastion.audit.tables import AUDIT
-from bastion.config import Settings
 from bastion.crm.catalog import ENTITIES_BY_PREFIX
 from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.tables import subject_keys
@@ -55,16 +54,14 @@ from bastion.errors import Conflict
 from bastion.principals.caller import Caller
 from bastion.residency.ids import RecordId
 from bastion.state import State
-from tests.conftest import REGIONS, REPO, SECRET, Backend, FrozenClock, Tokens, settings_for
+from tests.conftest import REGIONS, REPO, SECRET, Backend, FrozenClock, Tokens
 from tests.factories import create
 
 BULK = 620  # activities to delete beyond one batch of 500
 
 
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 @pytest.fixture(autouse=True)

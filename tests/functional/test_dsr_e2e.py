@@ -39,7 +39,6 @@ from starlette.testclient import TestClient
 
 from bastion.app import create_app
 from bastion.audit.tables import AUDIT
-from bastion.config import Settings
 from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.rotation import KekRotation, retire_kek
 from bastion.crypto.tables import subject_keys
@@ -50,11 +49,8 @@ from bastion.state import State, build_state
 from tests.conftest import PG_DSN, REGIONS, SECRET, Backend, FrozenClock, Tokens, settings_for
 from tests.factories import create
 
-
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ and a hold cannot be released under an erasure that is running."""
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,11 +12,10 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from bastion.audit.tables import AUDIT
-from bastion.config import Settings
 from bastion.dsr import repository as repo
 from bastion.dsr.jobs import DsrRunner
 from bastion.state import State
-from tests.conftest import Backend, FrozenClock, Tokens, settings_for
+from tests.conftest import FrozenClock, Tokens
 from tests.factories import create
 from tests.functional.test_dsr_e2e import (
     about_request,
@@ -30,11 +28,8 @@ from tests.functional.test_dsr_e2e import (
     small_world,
 )
 
-
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 @pytest.fixture

@@ -21,20 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from starlette.testclient import TestClient
 
-from bastion.config import Settings
 from bastion.state import State
-from tests.conftest import REGIONS, Backend, Tokens, settings_for
+from tests.conftest import REGIONS, Backend, Tokens
 from tests.factories import contact_body, create
 from tests.functional.test_dsr_e2e import open_request, run_request
 
-
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Path) -> Settings:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 def _write_region(

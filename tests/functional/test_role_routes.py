@@ -25,7 +25,7 @@ from starlette.testclient import TestClient
 from bastion.api.openapi import openapi_document
 from bastion.crm.catalog import ENTITIES
 from bastion.state import State
-from tests.conftest import Backend, Tokens, settings_for
+from tests.conftest import Tokens
 from tests.factories import body_for, contact_body, create
 
 ROLES = (
@@ -42,10 +42,8 @@ ROLES = (
 CANARY = "zqroutecanary"
 
 
-@pytest.fixture
-def settings(backend: Backend, tmp_path: Any) -> Any:
-    (tmp_path / "absent.toml").write_text("")
-    return settings_for(backend, tmp_path, BASTION_DSR_IN_PROCESS="false")
+# Requests are run by the test (state.dsr_jobs), not by the app's in-process runner.
+SETTINGS_ENV = {"BASTION_DSR_IN_PROCESS": "false"}
 
 
 def _world(client: TestClient, admin: dict[str, str], officer: dict[str, str]) -> dict[str, Any]:
