@@ -8,10 +8,13 @@ check) compare against: `region_metadata` (each region's database) and
 
 from __future__ import annotations
 
+import bastion.analytics.tables
 import bastion.audit.tables
+import bastion.bulk.tables
 import bastion.crypto.tables
 import bastion.dsr.tables
-import bastion.policy.tables  # noqa: F401 - registers its tables
+import bastion.policy.tables
+import bastion.quality.tables  # noqa: F401 - registers its tables
 from bastion.crm.tables import region_metadata
 from bastion.principals.tables import control_metadata
 

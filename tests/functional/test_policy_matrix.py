@@ -252,7 +252,8 @@ def test_the_matrix_covers_every_role_entity_and_action() -> None:
 def test_matrix_actions_over_http(world: World, key: EntryKey) -> None:
     fx = Fixture(world, key, "actions")
     by_record: dict[tuple[str, str, str, str], list[Check]] = defaultdict(list)
-    for check in _checks(key, "action"):
+    # import, export and merge have routes of their own; their tests prove them over HTTP.
+    for check in (c for c in _checks(key, "action") if c.name in ACTIONS):
         by_record[(check.entity, check.owner, check.team, repr(check.facts.values))].append(check)
     assert by_record, key
     for checks in by_record.values():

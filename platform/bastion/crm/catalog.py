@@ -71,6 +71,9 @@ class FieldSpec:
     ref: str | None = None
     read_only: bool = False
     nullable: bool = True
+    # Also store a blind index of the value's phonetic code (duplicate detection's
+    # blocking key for names that sound alike; see quality.phonetic for its leakage).
+    phonetic: bool = False
 
     @property
     def personal(self) -> bool:
@@ -84,6 +87,11 @@ class FieldSpec:
     def index_column(self) -> str | None:
         """The column of this field's blind index (encrypted searchable fields only)."""
         return f"{self.name}_bidx" if self.encrypted and self.searchable else None
+
+    @property
+    def phonetic_column(self) -> str | None:
+        """The column of this field's phonetic blind index (encrypted fields only)."""
+        return f"{self.name}_pidx" if self.encrypted and self.phonetic else None
 
     @property
     def filterable(self) -> bool:
@@ -190,6 +198,7 @@ def _name_fields(required_last: bool) -> tuple[FieldSpec, ...]:
             category="contact.name",
             encrypted=True,
             searchable=True,
+            phonetic=True,
         ),
         FieldSpec(
             "email",

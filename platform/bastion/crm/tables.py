@@ -77,6 +77,9 @@ def _entity_table(spec: EntitySpec) -> Table:
             # Truncated HMAC of the normalised value (crypto.blindindex): exact-match
             # search and dedup without decrypting the table.
             indexes.append(Column(field.index_column, LargeBinary(4), nullable=True, index=True))
+        if field.phonetic_column is not None:
+            # Blind index of the value's phonetic code: duplicate detection's blocking key.
+            indexes.append(Column(field.phonetic_column, LargeBinary(4), nullable=True, index=True))
         args: list[ForeignKey] = []
         if field.type == "ref" and field.ref is not None:
             args.append(ForeignKey(f"{field.ref}.id", ondelete="RESTRICT"))
@@ -93,6 +96,10 @@ def _entity_table(spec: EntitySpec) -> Table:
         # Set when the person was erased: the row stays as a shell without personal
         # data, so records kept under a legal hold or retention rule still link to it.
         columns.append(Column("erased_at", UTCDateTime(), nullable=True))
+        # Set when the person was merged into another record (a tombstone that redirects
+        # to the survivor until the merge can no longer be undone).
+        columns.append(Column("merged_into", String(ID_MAX_LENGTH), nullable=True, index=True))
+        columns.append(Column("merged_at", UTCDateTime(), nullable=True))
     return Table(
         spec.table_name,
         region_metadata,

@@ -53,7 +53,7 @@ import yaml
 from bastion.crm.catalog import ENTITIES
 from bastion.policy.conditions import ConditionError, RecordFacts, record_facts
 from bastion.policy.engine import Policy
-from bastion.policy.resources import SYSTEM_RESOURCES
+from bastion.policy.resources import SYSTEM_RESOURCES, entity_actions
 
 CheckKind = Literal["action", "read", "write", "scope"]
 
@@ -280,7 +280,7 @@ def _matrix(path: Path, index: int, raw: Any) -> Iterator[Check]:
             return Check(at, kind, roles, region, entity, name, expected, facts, owner, team)  # noqa: B023
 
         allowed = set(_strings(spec.get("actions", []), at, "actions"))
-        actions = ("read", "list", "create", "update", "delete")
+        actions = entity_actions(entity)
         unknown = sorted(allowed - set(actions))
         if unknown:
             raise CaseError(f"{at}: unknown action(s) {', '.join(unknown)}")

@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 RECORD_ACTIONS = ("read", "list", "create", "update", "delete")
+# Bulk and data-quality actions, each a separate grant: `import` (CSV import; every
+# row is also a create, checked as one), `export` (CSV/JSONL of what the caller may
+# read), `merge` (duplicate records into one; data subjects only).
+BULK_ACTIONS = ("import", "export")
+MERGE_ENTITIES = ("contacts", "leads")
 
 SYSTEM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     # Query events, verify the chain, export (JSONL), write a checkpoint on demand.
@@ -26,9 +31,19 @@ SYSTEM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     "dsr": ("read", "list", "create", "approve", "download", "cancel"),
     # Legal holds that keep records through an erasure.
     "legal_holds": ("read", "create", "release"),
+    # Pipeline analytics (aggregates over opportunities). A role with `list` on
+    # opportunities sees figures over its list scope; a role with only this grant sees
+    # them over this grant's scope, with groups smaller than k suppressed.
+    "analytics": ("read",),
 }
+
+
+def entity_actions(entity: str) -> tuple[str, ...]:
+    """The actions a policy may grant on one CRM entity."""
+    merge = ("merge",) if entity in MERGE_ENTITIES else ()
+    return (*RECORD_ACTIONS, *BULK_ACTIONS, *merge)
 
 
 def resource_actions(entities: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """Every resource the policy may name, with its actions: CRM entities first."""
-    return {**dict.fromkeys(entities, RECORD_ACTIONS), **SYSTEM_RESOURCES}
+    return {**{entity: entity_actions(entity) for entity in entities}, **SYSTEM_RESOURCES}

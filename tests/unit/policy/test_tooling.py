@@ -232,7 +232,7 @@ def test_explain_a_record_out_of_scope(shipped: Policy) -> None:
         ([], "eu", "contacts", "read", "unknown role"),
         (["admin"], "mars", "contacts", "read", "unknown region"),
         (["admin"], "eu", "invoices", "read", "unknown entity"),
-        (["admin"], "eu", "contacts", "export", "no action"),
+        (["admin"], "eu", "contacts", "approve", "no action"),
         (["admin"], "eu", "contacts.nickname", "read", "no field"),
         (["admin"], "eu", "contacts.email", "delete", "read or write"),
     ],

@@ -1,0 +1,1 @@
+"""Pipeline analytics: aggregates over opportunities, in SQL, within the caller's rights."""

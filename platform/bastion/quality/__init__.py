@@ -1,0 +1,1 @@
+"""Data quality on encrypted data: duplicate detection and merging of people."""
