@@ -73,6 +73,11 @@ BENCHMARKS = (
         "rotation", "KEK rotation of 100k subject keys under reads", ("benchmarks.rotation",)
     ),
     Benchmark(
+        "imports",
+        "CSV import of 100k contacts (5% invalid, 10% duplicates) vs a plain bulk insert",
+        ("benchmarks.imports", "--rows", "100000"),
+    ),
+    Benchmark(
         "soak",
         "Concurrency: 48 clients, 2 uvicorn workers, 60 s, then every write accounted for",
         ("benchmarks.soak", "--clients", "48", "--duration", "60", "--workers", "2"),

@@ -13,7 +13,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
+from bastion.api import analytics as analytics_api
 from bastion.api import audit, docs, dsr, openapi, policy, records, system
+from bastion.api import duplicates as duplicates_api
+from bastion.api import export as export_api
+from bastion.api import imports as imports_api
+from bastion.api import merges as merges_api
 from bastion.api.limits import RateLimit
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
@@ -55,10 +60,20 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
             *audit.routes,
             *policy.routes,
             *dsr.routes,
+            *analytics_api.routes,
+            *duplicates_api.routes,
+            *export_api.routes,
+            *imports_api.routes,
+            *merges_api.routes,
             *records.routes,
         ],
         middleware=[
-            Middleware(RequestContext, max_body_bytes=settings.max_body_bytes),
+            Middleware(
+                RequestContext,
+                max_body_bytes=settings.max_body_bytes,
+                # A CSV import's body is a file, not a JSON document.
+                larger_bodies={"/v1/imports": settings.imports.max_file_bytes},
+            ),
             Middleware(RateLimit, settings=settings.limits),
         ],
         exception_handlers={

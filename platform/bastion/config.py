@@ -21,10 +21,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from sqlalchemy.engine import make_url
 
+from bastion.analytics.settings import AnalyticsSettings
 from bastion.api.limits import LimitSettings
 from bastion.audit.settings import AuditSettings
+from bastion.bulk.settings import ImportSettings
 from bastion.crypto.settings import KeySettings
 from bastion.dsr.settings import DsrSettings
+from bastion.quality.settings import DedupSettings
 from bastion.residency.ids import is_valid_region_name
 
 Mode = Literal["development", "production"]
@@ -73,6 +76,9 @@ class Settings(BaseModel):
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     dsr: DsrSettings = Field(default_factory=DsrSettings)
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    imports: ImportSettings = Field(default_factory=ImportSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     generated_secret: bool = False
 
@@ -116,6 +122,9 @@ class _FileConfig(BaseModel):
     keys: dict[str, Any] | None = None
     audit: dict[str, Any] | None = None
     dsr: dict[str, Any] | None = None
+    dedup: dict[str, Any] | None = None
+    analytics: dict[str, Any] | None = None
+    imports: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
 
 
@@ -267,6 +276,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["keys"] = _section("keys", KeySettings, file.keys, env)
     values["audit"] = _section("audit", AuditSettings, file.audit, env)
     values["dsr"] = _section("dsr", DsrSettings, file.dsr, env)
+    values["dedup"] = _section("dedup", DedupSettings, file.dedup, env)
+    values["analytics"] = _section("analytics", AnalyticsSettings, file.analytics, env)
+    values["imports"] = _section("imports", ImportSettings, file.imports, env)
     values["limits"] = _section("limits", LimitSettings, file.limits, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key

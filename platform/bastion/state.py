@@ -15,7 +15,9 @@ import structlog
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bastion.analytics.service import PipelineAnalytics
 from bastion.audit import AuditLog, key_ring
+from bastion.bulk.imports import Importer
 from bastion.clock import Clock, SystemClock
 from bastion.config import Settings
 from bastion.crm.cursors import CursorCodec
@@ -30,6 +32,8 @@ from bastion.policy.engine import Policy, PolicySource
 from bastion.policy.lint import Finding, checked_policy
 from bastion.policy.store import PolicyChange, PolicyStore, PolicyWatcher
 from bastion.principals.tokens import TokenService
+from bastion.quality.merge import MergeService
+from bastion.quality.service import DuplicateService
 from bastion.residency.databases import CONTROL, Database, Regions, create_db_engine
 
 log = structlog.get_logger("bastion.state")
@@ -45,11 +49,15 @@ class State:
     keys: Keyring = field(init=False)
     tokens: TokenService = field(init=False)
     records: RecordService = field(init=False)
+    analytics: PipelineAnalytics = field(init=False)
     policy_store: PolicyStore = field(init=False)
     policy_watcher: PolicyWatcher = field(init=False)
     audit: AuditLog = field(init=False)
     dsr: DsrService = field(init=False)
     dsr_jobs: DsrRunner = field(init=False)
+    duplicates: DuplicateService = field(init=False)
+    merges: MergeService = field(init=False)
+    imports: Importer = field(init=False)
 
     def __post_init__(self) -> None:
         self.keys = build_keyring(
@@ -89,6 +97,9 @@ class State:
             idempotency_secret=_derived(self.settings, b"bastion idempotency fingerprint v1"),
             audit_notify=self.audit.notify,
         )
+        self.analytics = PipelineAnalytics(
+            pipeline=self.records, regions=self.regions, settings=self.settings.analytics
+        )
 
         self.dsr_jobs = DsrRunner(
             regions=self.regions,
@@ -119,6 +130,21 @@ class State:
             wake=self.dsr_jobs.wake,
         )
         self.records.preservation = preservation(self.clock)
+        self.imports = Importer(
+            self.records,
+            self.settings.imports,
+            _derived(self.settings, b"bastion import row key v1"),
+            cursors,
+            failpoint=(
+                os.environ.get("BASTION_FAILPOINT") if self.settings.mode != "production" else None
+            ),
+        )
+        self.duplicates = DuplicateService(
+            pipeline=self.records, regions=self.regions, cursors=cursors
+        )
+        self.merges = MergeService(
+            records=self.records, regions=self.regions, settings=self.settings.dedup
+        )
         self.legal_holds = LegalHolds(
             gate=gate, regions=self.regions, keys=self.keys, clock=self.clock, cursors=cursors
         )

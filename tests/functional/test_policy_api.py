@@ -107,7 +107,17 @@ def test_policy_routes_need_a_token_and_permission_and_show_the_running_version(
     assert set(body["roles"]) >= {"admin", "sales_rep", "auditor", "security_admin"}
     assert body["regions"] == ["eu", "us"]
     assert body["resources"]["policy"] == ["read", "reload"]
-    assert body["resources"]["contacts"] == ["read", "list", "create", "update", "delete"]
+    assert body["resources"]["contacts"] == [
+        "read",
+        "list",
+        "create",
+        "update",
+        "delete",
+        "import",
+        "export",
+        "merge",
+    ]
+    assert body["resources"]["analytics"] == ["read"]
     history = api.client.get("/v1/policy/history", headers=auditor).json()["data"]
     assert len(history) == 1
     assert history[0]["old_version"] is None

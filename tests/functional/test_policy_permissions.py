@@ -122,6 +122,18 @@ def test_openapi_with_a_token_is_the_callers_own_view(client: TestClient, tokens
     auditor = client.get("/openapi.json", headers=tokens.headers("auditor")).json()
     assert not any(path.startswith("/v1/contacts") for path in auditor["paths"])
     assert "/v1/policy" in auditor["paths"]
+    bulk = ("/v1/imports", "/v1/duplicates", "/v1/merges/{merge_id}", "/v1/analytics/pipeline")
+    assert not set(bulk) & set(auditor["paths"])
+
+    # Import, export, merge and analytics appear for the roles granted them, only.
+    analyst = client.get("/openapi.json", headers=tokens.headers("analyst")).json()
+    assert "/v1/analytics/pipeline" in analyst["paths"]
+    assert not {"/v1/imports", "/v1/contacts/merge", "/v1/contacts/export"} & set(analyst["paths"])
+    manager = client.get("/openapi.json", headers=tokens.headers("sales_manager")).json()
+    assert set(bulk) | {"/v1/contacts/merge", "/v1/contacts/export"} <= set(manager["paths"])
+    assert "/v1/contacts/merge" not in view["paths"]  # the sales rep's
+    assert "/v1/imports" not in view["paths"]
+    assert "/v1/contacts/{id}/duplicates" in view["paths"]
 
 
 def test_the_callers_view_keeps_record_markers_links_and_regions_it_can_use(

@@ -68,7 +68,7 @@ def test_patch_is_a_merge_patch(client: TestClient, admin: dict[str, str]) -> No
     # A required field cannot be cleared; a stale or foreign ETag is 412.
     cleared = client.patch(url, json={"last_name": None}, headers={**admin, "If-Match": '"v2"'})
     assert cleared.status_code == 422
-    for etag in ('"v1"', '"v3"', "v2", '"x"', "*", '"v99999999999999999999"'):
+    for etag in ('"v1"', '"v3"', "v2", '"x"', '"v99999999999999999999"'):
         stale = client.patch(url, json={"title": "x"}, headers={**admin, "If-Match": etag})
         assert stale.status_code == 412, etag
     assert client.get(url, headers=admin).json()["version"] == 2
@@ -178,3 +178,20 @@ def test_conversion_needs_every_permission_it_uses(
 def test_status_converted_is_reserved(client: TestClient, admin: dict[str, str]) -> None:
     response = client.post("/v1/leads", json=lead_body(status="converted"), headers=admin)
     assert response.status_code == 422
+
+
+def test_a_patch_needs_the_records_etag_not_a_wildcard(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    contact = create(client, "contacts", contact_body(), admin)
+    url = f"/v1/contacts/{contact['id']}"
+    missing = client.patch(url, json={"title": "CFO"}, headers=admin)
+    assert missing.status_code == 428, missing.text
+    for method in ("PATCH", "DELETE"):
+        wildcard = client.request(
+            method, url, json={"title": "CFO"}, headers={**admin, "If-Match": "*"}
+        )
+        assert wildcard.status_code == 428, wildcard.text
+        assert wildcard.headers["content-type"] == "application/problem+json"
+        assert "lost updates" in wildcard.json()["detail"]
+    assert client.get(url, headers=admin).json()["version"] == 1

@@ -96,14 +96,13 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_imports")),
-        sa.UniqueConstraint(
-            "principal_id",
-            "entity",
-            "source_sha256",
-            "options_sha256",
-            name=op.f("uq_imports_principal_id_entity_source_sha256_options_sha256"),
-        ),
     )
+    with op.batch_alter_table("imports", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_imports_resume",
+            ["principal_id", "entity", "source_sha256", "options_sha256"],
+            unique=False,
+        )
     op.create_table(
         "merges",
         sa.Column("id", sa.String(length=47), nullable=False),
@@ -168,7 +167,13 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_contacts_last_name_pidx"), ["last_name_pidx"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_contacts_merged_into"), ["merged_into"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_contacts_merged_into"),
+            ["merged_into"],
+            unique=False,
+            sqlite_where=sa.text("merged_into IS NOT NULL"),
+            postgresql_where=sa.text("merged_into IS NOT NULL"),
+        )
 
     with op.batch_alter_table("leads", schema=None) as batch_op:
         batch_op.add_column(sa.Column("merged_into", sa.String(length=47), nullable=True))
@@ -177,7 +182,13 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_leads_last_name_pidx"), ["last_name_pidx"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_leads_merged_into"), ["merged_into"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_leads_merged_into"),
+            ["merged_into"],
+            unique=False,
+            sqlite_where=sa.text("merged_into IS NOT NULL"),
+            postgresql_where=sa.text("merged_into IS NOT NULL"),
+        )
 
     # ### end Alembic commands ###
 
@@ -207,6 +218,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_merges_survivor_id"))
 
     op.drop_table("merges")
+    with op.batch_alter_table("imports", schema=None) as batch_op:
+        batch_op.drop_index("ix_imports_resume")
+
     op.drop_table("imports")
     with op.batch_alter_table("import_rows", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_import_rows_record_id"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -41,9 +42,13 @@ class InternalError(BastionError):
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, larger_bodies: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Exact paths whose bodies may be larger (a CSV import's file).
+        self.larger_bodies = dict(larger_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,11 +75,12 @@ class RequestContext:
             await send(message)
 
         try:
+            limit = self.larger_bodies.get(scope["path"], self.max_body_bytes)
             declared = _content_length(scope)
-            if declared is not None and declared > self.max_body_bytes:
-                await _send_problem(send_with_id, _too_large(self.max_body_bytes), request_id)
+            if declared is not None and declared > limit:
+                await _send_problem(send_with_id, _too_large(limit), request_id)
             else:
-                await self.app(scope, _limited(receive, self.max_body_bytes), send_with_id)
+                await self.app(scope, _limited(receive, limit), send_with_id)
         except Exception as exc:
             log.error("request_failed", exc_info=exc)
             if not response_started:

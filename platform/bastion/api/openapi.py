@@ -15,8 +15,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import bastion
+from bastion.api import analytics as analytics_api
 from bastion.api import audit as audit_api
 from bastion.api import dsr as dsr_api
+from bastion.api import duplicates as duplicates_api
+from bastion.api import export as export_api
+from bastion.api import imports as imports_api
+from bastion.api import merges as merges_api
 from bastion.api import policy as policy_api
 from bastion.api.auth import authenticate, state_of
 from bastion.api.openapi_tailor import tailored
@@ -35,6 +40,13 @@ _ERRORS = {
     "503": _PROBLEM,
 }
 
+# A merged person's old id (`quality.merge`): a problem naming the survivor, which
+# `Location` points at (for callers who may read it; 404 for anyone else).
+_MERGED = {
+    "description": "Merged into another record: `Location` and `merged_into` name it.",
+    "headers": {"Location": {"schema": {"type": "string"}}},
+    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+}
 
 _METHODS = frozenset({"get", "put", "post", "patch", "delete"})
 
@@ -240,6 +252,7 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
                         "headers": etag,
                         "links": _links(spec, "update", "delete"),
                     },
+                    **({"301": _MERGED} if spec.data_subject else {}),
                     **_ERRORS,
                 },
             },
@@ -269,6 +282,7 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
                         "headers": etag,
                         "links": _links(spec, "get", "update", "delete"),
                     },
+                    "409": _PROBLEM,
                     "412": _PROBLEM,
                     "415": _PROBLEM,
                     "422": _PROBLEM,
@@ -279,11 +293,19 @@ def _entity_paths(spec: EntitySpec) -> dict[str, Any]:
             "delete": {
                 "operationId": f"delete_{spec.singular.replace(' ', '_')}",
                 "tags": [name],
-                "parameters": [{"name": "If-Match", "in": "header", "schema": {"type": "string"}}],
+                "parameters": [
+                    {
+                        "name": "If-Match",
+                        "in": "header",
+                        "schema": {"type": "string"},
+                        "description": "Optional: the record's ETag (`*` is refused, 428).",
+                    }
+                ],
                 "responses": {
                     "204": {"description": "Deleted."},
                     "409": _PROBLEM,
                     "412": _PROBLEM,
+                    "428": _PROBLEM,
                     **_ERRORS,
                 },
             },
@@ -414,7 +436,12 @@ def openapi_document() -> dict[str, Any]:
     paths["/v1/leads/{id}/convert"] = _convert_path()
     paths.update(policy_api.openapi_paths(_PROBLEM))
     paths.update(audit_api.openapi_paths())
+    paths.update(analytics_api.openapi_paths(_PROBLEM))
+    paths.update(duplicates_api.openapi_paths(_PROBLEM))
+    paths.update(export_api.openapi_paths(_PROBLEM, paths))
     paths.update(dsr_api.openapi_paths(_PROBLEM))
+    paths.update(imports_api.openapi_paths(_PROBLEM))
+    paths.update(merges_api.openapi_paths(_PROBLEM))
     paths["/v1/me"] = {
         "get": {
             "operationId": "me",

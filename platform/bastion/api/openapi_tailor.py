@@ -68,6 +68,12 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
         allowed = set(granted["actions"])
         _keep(paths, f"/v1/{name}", _OPERATIONS, allowed)
         _keep(paths, f"/v1/{name}/{{id}}", _ITEM_OPERATIONS, allowed)
+        _keep(paths, f"/v1/{name}/export", {"get": "export"}, allowed)
+        _keep(paths, f"/v1/{name}/{{id}}/duplicates", {"get": "read"}, allowed)
+        _keep(paths, f"/v1/{name}/merge", {"post": "merge"}, allowed)
+        exporting = paths.get(f"/v1/{name}/export", {}).get("get")
+        if exporting is not None:
+            _tailor_export(exporting, granted)
         listing = paths.get(f"/v1/{name}", {}).get("get")
         if listing is not None:
             # A list spans the caller's regions and needs a filter or sort field
@@ -93,6 +99,7 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
                         for s in parameter["schema"]["enum"]
                         if s.lstrip("-") in SYSTEM_FIELDS or s.lstrip("-") in always
                     ]
+    _keep_if_any(paths, permissions, system_permissions(policy, principal))
     _drop_dangling_links(paths)
     view["x-bastion-permissions"] = {
         "principal": principal.id,
@@ -103,6 +110,58 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
         "resources": system_permissions(policy, principal),
     }
     return view
+
+
+def _tailor_export(operation: dict[str, Any], granted: dict[str, Any]) -> None:
+    """An export spans the caller's regions where it may export, and filters only on
+    fields readable in each of them (as a list does)."""
+    exported = [r for r in granted["regions"].values() if "export" in r["actions"]]
+    always = set.intersection(*(set(r["read_fields"]) for r in exported)) if exported else set()
+    operation["parameters"] = [
+        p
+        for p in operation["parameters"]
+        if p["in"] != "query" or p["name"] in ("format", "region") or p["name"] in always
+    ]
+    for parameter in operation["parameters"]:
+        if parameter["name"] == "region" and exported:
+            parameter["schema"] = {
+                **parameter["schema"],
+                "enum": _regions_allowing(granted, "export"),
+            }
+
+
+# Routes not under one entity, and what some entity grant (or a system resource
+# grant, `resource:action`) must allow for the caller to use them at all.
+_CROSS_ENTITY = {
+    "/v1/imports": ("import",),
+    "/v1/imports/{import_id}": ("import",),
+    "/v1/imports/{import_id}/problems": ("import",),
+    "/v1/duplicates": ("read",),
+    "/v1/duplicates/scans": ("merge",),
+    "/v1/duplicates/{pair_id}/dismiss": ("merge",),
+    "/v1/merges/{merge_id}": ("merge",),
+    "/v1/merges/{merge_id}/undo": ("merge",),
+    "/v1/analytics/pipeline": ("analytics:read",),
+}
+
+
+def _keep_if_any(
+    paths: dict[str, Any], permissions: dict[str, Any], resources: dict[str, list[str]]
+) -> None:
+    """Drop the cross-entity routes none of the caller's grants opens."""
+    entity_actions = {a for granted in permissions.values() for a in granted["actions"]}
+    can_list_deals = "list" in permissions["opportunities"]["actions"]
+    for path, needs in _CROSS_ENTITY.items():
+        opened = any(
+            (need.partition(":")[2] in resources.get(need.partition(":")[0], []))
+            if ":" in need
+            else need in entity_actions
+            for need in needs
+        )
+        if path == "/v1/analytics/pipeline":
+            opened = opened or can_list_deals
+        if not opened:
+            paths.pop(path, None)
 
 
 def _regions_allowing(granted: dict[str, Any], action: str) -> list[str]:

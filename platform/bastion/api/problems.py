@@ -44,6 +44,9 @@ def problem(error: BastionError, request_id: str | None = None) -> Response:
         headers["Allow"] = ", ".join(allowed)
     if error.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="bastion"'
+    location = getattr(error, "location", None)
+    if location is not None:
+        headers["Location"] = location  # a redirect answered as a problem (a merged record)
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Index,
     Integer,
     PrimaryKeyConstraint,
     String,
     Table,
     Text,
-    UniqueConstraint,
 )
 
-from bastion.crm.tables import region_metadata
+from bastion.crm.tables import import_rows, region_metadata
 from bastion.residency.ids import ID_MAX_LENGTH
 from bastion.sqltypes import UTCDateTime
 
@@ -47,7 +47,8 @@ imports = Table(
     Column("completed_at", UTCDateTime(), nullable=True),
     Column("error", Text(), nullable=True),
     PrimaryKeyConstraint("id"),
-    UniqueConstraint("principal_id", "entity", "source_sha256", "options_sha256"),
+    # A run of the same file, mapping and importer resumes the last unfinished run.
+    Index("ix_imports_resume", "principal_id", "entity", "source_sha256", "options_sha256"),
 )
 
 # One line per problem: an invalid row (one line per field in error) or a duplicate
@@ -64,14 +65,6 @@ import_problems = Table(
     PrimaryKeyConstraint("import_id", "row", "field"),
 )
 
-# Rows imported before, by a keyed hash of their validated values: a second run of
-# the same data (this file or another) creates nothing new.
-import_rows = Table(
-    "import_rows",
-    region_metadata,
-    Column("entity", String(32), nullable=False),
-    Column("row_key", String(64), nullable=False),
-    Column("record_id", String(ID_MAX_LENGTH), nullable=False, index=True),
-    Column("import_id", String(ID_MAX_LENGTH), nullable=False),
-    PrimaryKeyConstraint("entity", "row_key"),
-)
+# `import_rows` (the keys of rows imported before) is a crm table: deleting a record
+# deletes its key. Re-exported here for the importer.
+__all__ = ["import_problems", "import_rows", "imports"]

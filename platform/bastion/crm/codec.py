@@ -6,7 +6,8 @@ or lead's own key; for an activity or case, the key of the person (or account) i
 is about (`EntitySpec.key_subject_from`), else the record's own key; an account's
 own key. The AAD binds region, table, record id and field, so a ciphertext copied
 to another row, field, table or region does not decrypt. Searchable fields also
-store a blind index (`<field>_bidx`) of the normalised value.
+store a blind index (`<field>_bidx`) of the normalised value, and names marked
+`phonetic` one of their phonetic code (`<field>_pidx`, see `quality.phonetic`).
 
 Decryption happens only for the fields a caller may read, inside the request's
 transaction. A value whose key was destroyed (an erased data subject) is not
@@ -31,6 +32,7 @@ from bastion.crypto.envelope import DataKey, FieldContext, key_id_of, seal, unse
 from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.keyring import Keyring
 from bastion.crypto.normalize import IndexKind, normalize
+from bastion.quality.phonetic import phonetic_index
 
 _INDEX_KINDS: Mapping[str, IndexKind] = {"email": "email", "phone": "phone"}
 # Key subjects of data kept after its data subject's erasure (`dsr.erasure.kept_key`).
@@ -100,22 +102,33 @@ class RecordCodec:
         values: Mapping[str, Any],
         subject_id: str,
         fields: Collection[str] | None = None,
+        *,
+        key: DataKey | None = None,
+        indexes: Mapping[str, bytes] | None = None,
     ) -> dict[str, Any]:
         """Column values for `values`: encrypted fields sealed, blind indexes computed.
 
         Only the encrypted fields named in `fields` (default: those in `values`) are
-        sealed; other values pass through unchanged.
+        sealed; other values pass through unchanged. `key`: the subject's DEK when the
+        caller holds it already (a bulk import creates its keys in one go); `indexes`:
+        blind indexes the caller computed already, by field name (a bulk import's dedup
+        needed them first).
         """
         stored = dict(values)
         names = set(values) if fields is None else set(fields)
-        key: DataKey | None = None  # one key lookup per record, not per field
+        # One key lookup per record, not per field.
         for field in spec.encrypted_fields:
             if field.name not in names:
                 continue
             value = values.get(field.name)
             if field.index_column is not None:
+                known = None if indexes is None else indexes.get(field.name)
                 stored[field.index_column] = (
-                    None if value is None else self.index(conn, spec, region, field, value)
+                    None if value is None else known or self.index(conn, spec, region, field, value)
+                )
+            if field.phonetic_column is not None:
+                stored[field.phonetic_column] = (
+                    None if value is None else self.phonetic(conn, spec, region, field, value)
                 )
             if value is None:
                 stored[field.name] = None
@@ -133,6 +146,13 @@ class RecordCodec:
         return self._keys.blind_index(
             region, spec.table_name, field.name, str(value), kind=index_kind(field), conn=conn
         )
+
+    def phonetic(
+        self, conn: Connection | None, spec: EntitySpec, region: str, field: FieldSpec, value: Any
+    ) -> bytes | None:
+        """The phonetic blind index of a name (`quality.phonetic`; None: no code)."""
+        indexer = self._keys.blind_indexer(region, conn=conn)
+        return phonetic_index(indexer, spec.table_name, field.name, str(value))
 
     def reveal(
         self,
@@ -156,6 +176,8 @@ class RecordCodec:
             blob = values.pop(field.name, None)
             if field.index_column is not None:
                 values.pop(field.index_column, None)
+            if field.phonetic_column is not None:
+                values.pop(field.phonetic_column, None)
             if field.name not in fields or blob is None:
                 values[field.name] = None
                 continue
@@ -196,6 +218,18 @@ class RecordCodec:
             return from_plaintext(field, self._keys.unseal(conn, bytes(blob), context))
         except KeyDestroyed:
             return None
+
+    def index_normalized(
+        self,
+        conn: Connection | None,
+        spec: EntitySpec,
+        region: str,
+        field: FieldSpec,
+        normalized: str,
+    ) -> bytes:
+        """The blind index of a value already `normalized` (no second normalisation)."""
+        indexer = self._keys.blind_indexer(region, conn=conn)
+        return indexer.index(spec.table_name, field.name, normalized)
 
     @staticmethod
     def normalized(field: FieldSpec, value: Any) -> str:

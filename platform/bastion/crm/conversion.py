@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
+from bastion.analytics import stages
 from bastion.crm import repository
 from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES, EntitySpec
-from bastion.crm.pipeline import not_found, stale
+from bastion.crm.pipeline import MergedRecord, not_found, stale
 from bastion.crm.records import Record, parse_if_match, to_json_value
 from bastion.crm.schemas import validate_create
 from bastion.errors import Conflict, FieldError, ValidationFailed
@@ -99,12 +100,19 @@ def _convert(
         access.require_in_scope(create_scopes[spec.name], spec, values, "create")
         record_id = str(RecordId.new(spec.prefix, region, now))
         pipeline.insert(conn, spec, record_id, region, now, values)
+        stages.record_created(conn, spec.name, record_id, region, values, now)
         return record_id
 
     with pipeline.write(database, "a record the conversion links to no longer exists") as conn:
-        stored_lead = pipeline.fetch(
-            conn, database, LEADS, lead_id, access.where(LEADS, lead_scope)
-        )
+        try:
+            stored_lead = pipeline.fetch(
+                conn, database, LEADS, lead_id, access.where(LEADS, lead_scope)
+            )
+        except MergedRecord as merged:
+            # A merged lead's survivor is named only to those who may read it.
+            if not pipeline.reveals_survivor(conn, access, region, merged):
+                raise not_found(LEADS) from None
+            raise
         if stored_lead is None:
             raise not_found(LEADS)
         # The lead's personal data is copied server-side into the new records (and

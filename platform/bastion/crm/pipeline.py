@@ -36,6 +36,7 @@ from bastion.crm.codec import RecordCodec
 from bastion.crm.records import Record, render
 from bastion.crypto.keyring import Keyring
 from bastion.errors import (
+    BastionError,
     Conflict,
     FieldError,
     Gone,
@@ -66,6 +67,44 @@ def _nothing_preserved(conn: Connection, spec: EntitySpec, stored: Mapping[str, 
     return None
 
 
+class MergedRecord(Conflict):
+    """The record is a tombstone of a merge (`quality.merge`): it was merged into
+    `survivor_id`, which now holds the person. Writing to it is a conflict naming the
+    survivor; a read answers `MovedToSurvivor` instead when the caller may read it."""
+
+    slug = "merged"
+    title = "Merged"
+
+    def __init__(self, spec: EntitySpec, survivor_id: str) -> None:
+        super().__init__(
+            f"the {spec.singular} was merged into {survivor_id}; read and write that one"
+        )
+        self.spec = spec
+        self.survivor_id = survivor_id
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"merged_into": self.survivor_id}
+
+
+class MovedToSurvivor(BastionError):
+    """301 to the survivor of a merge, for a caller who may read it (RFC 9110 15.4.2:
+    the loser's id is permanently replaced; the body is a problem naming the survivor)."""
+
+    status = 301
+    slug = "merged"
+    title = "Merged"
+
+    def __init__(self, merged: MergedRecord) -> None:
+        super().__init__(merged.detail)
+        self.survivor_id = merged.survivor_id
+        self.location = f"/v1/{merged.spec.name}/{merged.survivor_id}"
+
+    @property
+    def extensions(self) -> dict[str, object]:
+        return {"merged_into": self.survivor_id}
+
+
 class Pipeline:
     def __init__(
         self,
@@ -79,6 +118,7 @@ class Pipeline:
         self._regions = regions
         self._policy = policy
         self._clock = clock
+        self.keys = keys
         self.codec = RecordCodec(keys)
         self.recorder = Recorder(clock, audit_notify)
         self.preservation: Preservation = _nothing_preserved
@@ -89,6 +129,10 @@ class Pipeline:
 
     def now(self) -> datetime:
         return self._clock.now()
+
+    @property
+    def regions(self) -> Regions:
+        return self._regions
 
     def route(self, principal: Principal, spec: EntitySpec, record_id: str) -> RecordId:
         """The region a record id names. Anything we would not query is a 404."""
@@ -139,6 +183,19 @@ class Pipeline:
         ):
             yield
 
+    def reveals_survivor(
+        self, conn: Connection, access: Access, region: str, merged: MergedRecord
+    ) -> bool:
+        """Whether a caller who reached a merge's tombstone by id may be told where the
+        person went (301 on a read, 409 naming the survivor on a write): only if it may
+        read the survivor. To anyone else the tombstone is a record that does not exist
+        (404): the survivor's id, and that a merge happened, are the survivor's data."""
+        spec = merged.spec
+        scope = access.policy.scope(access.principal.roles, region, spec.name, "read")
+        return scope.permits_any and repository.exists(
+            conn, spec, merged.survivor_id, scope=access.where(spec, scope)
+        )
+
     def fetch(
         self,
         conn: Connection,
@@ -158,6 +215,8 @@ class Pipeline:
                 f"the {spec.singular} was erased at its data subject's request; "
                 "only a pseudonymous shell remains"
             )
+        if values.get("merged_into") is not None:
+            raise MergedRecord(spec, str(values["merged_into"]))
         return values
 
     def insert(

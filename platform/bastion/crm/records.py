@@ -78,5 +78,11 @@ def parse_if_match(header: str | None) -> int | None:
     """
     if header is None:
         raise PreconditionRequired("this request needs an If-Match header with the record's ETag")
+    if header.strip() == "*":
+        # RFC 9110 lets `*` match any current version, which is exactly the lost update
+        # the header is required to prevent.
+        raise PreconditionRequired(
+            "If-Match: * matches any version and would allow lost updates; send the record's ETag"
+        )
     match = _ETAG_RE.fullmatch(header.strip())
     return int(match.group(1)) if match else None

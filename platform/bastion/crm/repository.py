@@ -15,6 +15,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Row,
+    Table,
     and_,
     delete,
     insert,
@@ -25,7 +26,7 @@ from sqlalchemy import (
 )
 
 from bastion.crm.catalog import EntitySpec
-from bastion.crm.tables import ENTITY_TABLES
+from bastion.crm.tables import ENTITY_TABLES, import_rows
 
 # Columns sorted as text compare by code point on every backend (PostgreSQL's
 # database collation would otherwise disagree with SQLite and with Python, and
@@ -85,7 +86,28 @@ def delete_record(
     result = conn.execute(
         delete(table).where(table.c.id == record_id, table.c.version == expected_version)
     )
-    return result.rowcount == 1
+    if result.rowcount != 1:
+        return False
+    # The key of the import row that created it (a keyed hash of its values) goes too.
+    conn.execute(delete(import_rows).where(import_rows.c.record_id == record_id))
+    return True
+
+
+def live(table: Table) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of rows that are records in their own right, for every
+    query that lists, counts, exports, links to or deduplicates records.
+
+    An erased person's shell is kept for the records that must link to it, and a
+    merged person's tombstone (`merged_into`, `quality.merge`) redirects to the
+    survivor until the merge is final: neither is a contact or lead anyone lists or
+    links a new record to. Fetching one by id still finds it (to answer 410 or 301).
+    """
+    conditions: list[ColumnElement[bool]] = []
+    if "erased_at" in table.c:
+        conditions.append(table.c.erased_at.is_(None))
+    if "merged_into" in table.c:
+        conditions.append(table.c.merged_into.is_(None))
+    return conditions
 
 
 def exists(
@@ -96,9 +118,7 @@ def exists(
     scope: ColumnElement[bool] | None = None,
 ) -> bool:
     table = ENTITY_TABLES[spec.name]
-    query = select(table.c.id).where(table.c.id == record_id)
-    if "erased_at" in table.c:
-        query = query.where(table.c.erased_at.is_(None))
+    query = select(table.c.id).where(table.c.id == record_id, *live(table))
     if scope is not None:
         query = query.where(scope)
     return conn.execute(query).first() is not None
@@ -128,10 +148,7 @@ def list_records(
     conditions: list[ColumnElement[bool]] = [
         table.c[name] == value for name, value in filters.items()
     ]
-    if "erased_at" in table.c:
-        # An erased person's shell is kept for the records that must link to it, but
-        # is no longer a contact or lead anyone lists.
-        conditions.append(table.c.erased_at.is_(None))
+    conditions += live(table)
     if scope is not None:
         conditions.append(scope)
 

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, and_
 
+from bastion.analytics import stages
 from bastion.clock import Clock
 from bastion.crm import conversion, dedup, idempotency, repository
 from bastion.crm.access import Access
@@ -30,7 +31,15 @@ from bastion.crm.listing import (
     parse_limit,
     parse_sort,
 )
-from bastion.crm.pipeline import Pipeline, entity_spec, not_found, stale
+from bastion.crm.pipeline import (
+    MergedRecord,
+    MovedToSurvivor,
+    Pipeline,
+    Values,
+    entity_spec,
+    not_found,
+    stale,
+)
 from bastion.crm.records import Record, parse_if_match, render, to_json_value
 from bastion.crm.schemas import (
     check_custom,
@@ -94,7 +103,14 @@ class RecordService(Pipeline):
             database = self.database(rid.region)
             # A write transaction: the read's audit event commits before we answer.
             with self.write(database, _GONE) as conn:
-                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                try:
+                    stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                except MergedRecord as merged:
+                    # A merged person's old id leads to the survivor, for those who may
+                    # read it; to anyone else it is a record that does not exist.
+                    if not self.reveals_survivor(conn, access, rid.region, merged):
+                        raise not_found(spec) from None
+                    raise MovedToSurvivor(merged) from None
                 if stored is None:
                     raise not_found(spec)
                 record = self.show(conn, access, rid.region, spec, stored)
@@ -114,7 +130,7 @@ class RecordService(Pipeline):
 
     def _list(self, caller: Caller, access: Access, spec: EntitySpec, query: ListQuery) -> Page:
         limit = parse_limit(query.limit)
-        regions = self._list_regions(access, spec, query.region)
+        regions = self.list_regions(access, spec, query.region)
         names = [region for region, _scope in regions]
         # Permission before validation: a field the caller may not read is a 403
         # whatever the filter value, so the answer says nothing about the field.
@@ -137,7 +153,7 @@ class RecordService(Pipeline):
         # A record links only to records of its own region, so a filter on a link
         # (`account_id=acc_eu_…`) can match only there: the other regions are not
         # asked, and never see the id of a record that is not theirs.
-        linked = _linked_regions(spec, filters)
+        linked = linked_regions(spec, filters)
         pages = []
         for region, scope in regions:
             if linked is not None and linked != {region}:
@@ -145,7 +161,7 @@ class RecordService(Pipeline):
             at = positions.get(region)
             after = None if at is None else (from_cursor_value(spec, sort.column, at.value), at.id)
             pages.append(
-                self._region_page(caller, access, spec, region, scope, filters, sort, after, limit)
+                self.region_page(caller, access, spec, region, scope, filters, sort, after, limit)
             )
         merged, more = merge_pages(pages, sort, limit)
         next_cursor = None
@@ -157,7 +173,7 @@ class RecordService(Pipeline):
             next_cursor = self._cursors.seal_positions(fingerprint, advanced(positions, emitted))
         return Page([item.record for item in merged], next_cursor)
 
-    def _region_page(
+    def region_page(
         self,
         caller: Caller,
         access: Access,
@@ -168,8 +184,14 @@ class RecordService(Pipeline):
         sort: repository.Sort,
         after: tuple[Any, str] | None,
         limit: int,
+        *,
+        action: str = "list",
+        readable_only: bool = False,
     ) -> RegionPage:
-        """Up to `limit + 1` matching records of one region, audited before returning.
+        """Up to `limit + 1` matching records of one region, audited before returning
+        (as `record.<action>`: a list page, or a batch of an export). `readable_only`:
+        only rows inside the caller's read scope too (an export never shows a record,
+        even as an id, that the caller could not read).
 
         Filters on encrypted fields match their blind index in SQL; a truncated index
         lets false positives through, which are dropped after decrypting, fetching
@@ -181,6 +203,14 @@ class RecordService(Pipeline):
             for field in spec.encrypted_fields
             if field.name in encrypted
         ]
+        where = access.where(spec, scope)
+        if readable_only:
+            read = access.policy.scope(access.principal.roles, region, spec.name, "read")
+            if not read.permits_any:
+                return RegionPage(region)
+            read_where = access.where(spec, read)
+            if read_where is not None:
+                where = read_where if where is None else and_(where, read_where)
         with self.write(database, _GONE) as conn:
             column_filters = dict(plain)
             for field, wanted in searched:
@@ -202,7 +232,7 @@ class RecordService(Pipeline):
                     sort=sort,
                     after=cursor,
                     limit=batch,
-                    scope=access.where(spec, scope),
+                    scope=where,
                 )
                 for row in rows:
                     stored = dict(row._mapping)
@@ -215,7 +245,7 @@ class RecordService(Pipeline):
                 cursor = (last[sort.column], last["id"])
             page.items = page.items[: limit + 1]
             self._audit_read(
-                conn, region, caller, access, spec, "list", [i.record for i in page.items[:limit]]
+                conn, region, caller, access, spec, action, [i.record for i in page.items[:limit]]
             )
         return page
 
@@ -234,10 +264,10 @@ class RecordService(Pipeline):
             for field, w in searched
         )
 
-    def _list_regions(
-        self, access: Access, spec: EntitySpec, requested: str | None
+    def list_regions(
+        self, access: Access, spec: EntitySpec, requested: str | None, action: str = "list"
     ) -> list[tuple[str, RowScope]]:
-        """The regions to query, each with the caller's list scope there."""
+        """The regions to query, each with the caller's `action` scope there."""
         principal = access.principal
         if requested is not None:
             if requested not in self._regions:
@@ -246,16 +276,18 @@ class RecordService(Pipeline):
                 )
             if requested not in principal.regions:
                 raise Forbidden(f"you may not access region {requested}")
-            return [(requested, access.require(requested, spec, "list"))]
+            return [(requested, access.require(requested, spec, action))]
         regions = []
         for region in principal.regions:
             if region not in self._regions:
                 continue
-            scope = access.policy.scope(principal.roles, region, spec.name, "list")
+            scope = access.policy.scope(principal.roles, region, spec.name, action)
             if scope.permits_any:
                 regions.append((region, scope))
         if not regions:
-            raise Forbidden(f"your roles do not allow list on {spec.name} in any of your regions")
+            raise Forbidden(
+                f"your roles do not allow {action} on {spec.name} in any of your regions"
+            )
         return regions
 
     def _audit_read(
@@ -300,22 +332,12 @@ class RecordService(Pipeline):
         spec = entity_spec(entity)
         fields = dict(body)
         principal = caller.principal
-        region = self._create_region(principal, fields.pop("region", None))
+        region = self.create_region(principal, fields.pop("region", None))
         access = self.access(principal)
         with self.denials(caller, access, region, spec, "create"):
             scope = access.require(region, spec, "create")
             idempotency.check_key(idempotency_key)
-            named = _writable_names(spec, fields)
-            access.require_writable(region, spec, named)
-            values = validate_create(spec, fields)
-            _check_lead_status(spec, values)
-            values["custom"] = _without_nulls(values.get("custom"))
-            if values.get("owner_id") is None:
-                values["owner_id"] = principal.id
-            if values.get("team_id") is None and principal.teams:
-                values["team_id"] = principal.teams[0]
-            access.require_writable(region, spec, named, proposed=values)
-            access.require_in_scope(scope, spec, values, "create")
+            values = self.new_values(access, spec, region, scope, fields)
         database = self.database(region)
         body_hash = (
             idempotency.request_hash(self._idempotency_secret, spec.name, region, values)
@@ -356,6 +378,31 @@ class RecordService(Pipeline):
                 return Created(self._replay(conn, access, database, spec, earlier), True)
         return Created(record, False)
 
+    def new_values(
+        self,
+        access: Access,
+        spec: EntitySpec,
+        region: str,
+        scope: RowScope,
+        fields: Mapping[str, Any],
+    ) -> Values:
+        """A create body as the values to store: the fields it may write (403 naming
+        the others), validated (422), owner and team defaulted to the caller's, inside
+        the caller's create scope (403). Shared by creates and imports."""
+        principal = access.principal
+        named = _writable_names(spec, fields)
+        access.require_writable(region, spec, named)
+        values = validate_create(spec, fields)
+        check_lead_status(spec, values)
+        values["custom"] = _without_nulls(values.get("custom"))
+        if values.get("owner_id") is None:
+            values["owner_id"] = principal.id
+        if values.get("team_id") is None and principal.teams:
+            values["team_id"] = principal.teams[0]
+        access.require_writable(region, spec, named, proposed=values)
+        access.require_in_scope(scope, spec, values, "create")
+        return values
+
     def _insert_new(
         self,
         conn: Connection,
@@ -370,6 +417,7 @@ class RecordService(Pipeline):
         record_id = str(RecordId.new(spec.prefix, region, now))
         self.check_refs(conn, access, spec, region, values)
         self.insert(conn, spec, record_id, region, now, values)
+        stages.record_created(conn, spec.name, record_id, region, values, now)
         written = sorted(name for name, value in values.items() if value is not None)
         self.recorder.append(
             conn,
@@ -398,7 +446,12 @@ class RecordService(Pipeline):
     def _replay(
         self, conn: Connection, access: Access, database: Database, spec: EntitySpec, record_id: str
     ) -> Record:
-        stored = self.fetch(conn, database, spec, record_id)
+        try:
+            stored = self.fetch(conn, database, spec, record_id)
+        except MergedRecord as merged:
+            if self.reveals_survivor(conn, access, database.name, merged):
+                raise
+            stored = None  # merged into a record the caller may not read: as if deleted
         if stored is None:
             raise Conflict(
                 f"the {spec.singular} created with this Idempotency-Key has been deleted"
@@ -424,9 +477,9 @@ class RecordService(Pipeline):
             named = _writable_names(spec, body)
             access.require_writable(rid.region, spec, named)
             changes = validate_patch(spec, body)
-            _check_lead_status(spec, changes)
+            check_lead_status(spec, changes)
             with self.write(database, _GONE) as conn:
-                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                stored = self._fetch_writable(conn, access, database, spec, record_id, scope)
                 if stored is None:
                     raise not_found(spec)
                 if expected != stored["version"]:
@@ -449,6 +502,9 @@ class RecordService(Pipeline):
                     conn, spec, record_id, expected_version=stored["version"], values=columns
                 ):
                     raise stale(spec)  # another writer committed between our read and write
+                stages.record_updated(
+                    conn, spec.name, record_id, rid.region, stored, changes, columns["updated_at"]
+                )
                 self.recorder.append(
                     conn,
                     rid.region,
@@ -478,7 +534,7 @@ class RecordService(Pipeline):
             scope = access.require(rid.region, spec, "delete")
             expected = parse_if_match(if_match) if if_match is not None else None
             with self.write(database, referenced) as conn:
-                stored = self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+                stored = self._fetch_writable(conn, access, database, spec, record_id, scope)
                 if stored is None:
                     raise not_found(spec)
                 if if_match is not None and expected != stored["version"]:
@@ -502,6 +558,24 @@ class RecordService(Pipeline):
                     ),
                 )
 
+    def _fetch_writable(
+        self,
+        conn: Connection,
+        access: Access,
+        database: Database,
+        spec: EntitySpec,
+        record_id: str,
+        scope: RowScope,
+    ) -> Values | None:
+        """`fetch` inside a write's `scope`; a merge's tombstone is a 409 naming its
+        survivor only for a caller who may read the survivor, else a 404."""
+        try:
+            return self.fetch(conn, database, spec, record_id, access.where(spec, scope))
+        except MergedRecord as merged:
+            if not self.reveals_survivor(conn, access, database.name, merged):
+                raise not_found(spec) from None
+            raise
+
     def convert_lead(
         self,
         caller: Caller,
@@ -513,7 +587,9 @@ class RecordService(Pipeline):
         """Lead -> contact + account (new or existing) + optional opportunity, at once."""
         return conversion.convert_lead(self, caller, lead_id, body, if_match=if_match)
 
-    def _create_region(self, principal: Principal, requested: object) -> str:
+    def create_region(self, principal: Principal, requested: object) -> str:
+        """The region a new record goes to: the one asked for (422 unknown, 403 not the
+        caller's), else the caller's default region."""
         if requested is None:
             if not principal.regions:
                 raise Forbidden("you are not permitted in any region")
@@ -535,7 +611,7 @@ def _writable_names(spec: EntitySpec, body: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _check_lead_status(spec: EntitySpec, values: Mapping[str, Any]) -> None:
+def check_lead_status(spec: EntitySpec, values: Mapping[str, Any]) -> None:
     if spec.name == "leads" and values.get("status") == "converted":
         raise ValidationFailed(
             "a lead becomes converted only through conversion",
@@ -562,7 +638,7 @@ def _merge_custom(current: Any, patch: Any) -> Any:
     return merged
 
 
-def _linked_regions(spec: EntitySpec, filters: Mapping[str, Any]) -> set[str] | None:
+def linked_regions(spec: EntitySpec, filters: Mapping[str, Any]) -> set[str] | None:
     """The regions of the records that the link filters name (None: no link filter)."""
     links = [
         value

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeEngine
@@ -98,8 +99,22 @@ def _entity_table(spec: EntitySpec) -> Table:
         columns.append(Column("erased_at", UTCDateTime(), nullable=True))
         # Set when the person was merged into another record (a tombstone that redirects
         # to the survivor until the merge can no longer be undone).
-        columns.append(Column("merged_into", String(ID_MAX_LENGTH), nullable=True, index=True))
+        columns.append(Column("merged_into", String(ID_MAX_LENGTH), nullable=True))
         columns.append(Column("merged_at", UTCDateTime(), nullable=True))
+    extra: list[Index] = []
+    if spec.data_subject:
+        # Partial: only tombstones are looked up by survivor. A full index would be
+        # almost all NULLs, and planners would pick it for every list's
+        # `merged_into IS NULL` instead of the scope's owner or team index.
+        tombstones = text("merged_into IS NOT NULL")
+        extra.append(
+            Index(
+                f"ix_{spec.table_name}_merged_into",
+                "merged_into",
+                sqlite_where=tombstones,
+                postgresql_where=tombstones,
+            )
+        )
     return Table(
         spec.table_name,
         region_metadata,
@@ -107,6 +122,7 @@ def _entity_table(spec: EntitySpec) -> Table:
         *indexes,
         PrimaryKeyConstraint("id"),
         Index(f"ix_{spec.table_name}_updated_at_id", "updated_at", "id"),
+        *extra,
     )
 
 
@@ -126,4 +142,17 @@ idempotency_keys = Table(
     Column("record_id", String(ID_MAX_LENGTH), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False, index=True),
     PrimaryKeyConstraint("principal_id", "key"),
+)
+
+# Rows a CSV import created (`bulk.imports`), by a keyed hash (HMAC) of the importer and
+# the row's validated values: running the same data again creates nothing new. A
+# record's key goes with the record (delete, erasure).
+import_rows = Table(
+    "import_rows",
+    region_metadata,
+    Column("entity", String(32), nullable=False),
+    Column("row_key", String(64), nullable=False),
+    Column("record_id", String(ID_MAX_LENGTH), nullable=False, index=True),
+    Column("import_id", String(ID_MAX_LENGTH), nullable=False),
+    PrimaryKeyConstraint("entity", "row_key"),
 )

@@ -27,6 +27,7 @@ Every process must run with the same cache TTL (it comes from the shared setting
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
@@ -170,6 +171,57 @@ class DataKeys:
         self._cache.evict_subject(region, subject_id, shredded=True)
         log.info("subject_keys_shredded", region=region, subject_id=subject_id, keys=deleted)
         return deleted
+
+    def prefetch(self, conn: Connection, region: str, key_ids: Sequence[bytes]) -> None:
+        """Load and unwrap, in one query, the keys among `key_ids` the cache lacks, so
+        that decrypting a batch of records (a bulk import's dedup candidates) costs one
+        round trip, not one per record. Keys that no longer exist are left for `by_id`
+        to report when they are used."""
+        self._regions.check(conn, region)
+        missing = [k.hex() for k in key_ids if self._cache.by_id(region, k) is None]
+        for stored in repo.subject_keys_by_id(conn, missing):
+            self._remember(conn, self._unwrap(region, stored))
+
+    def create_new(
+        self, conn: Connection, region: str, subject_ids: Sequence[str]
+    ) -> dict[str, DataKey]:
+        """First keys (version 1) of subjects that cannot have one yet — records whose
+        ids this transaction just generated — wrapped under one KEK choice and stored
+        in one statement: a bulk import's per-row key cost is the wrap, not round trips.
+        A subject that does have a key makes the insert fail (primary key), never
+        silently share or replace it."""
+        if not subject_ids:
+            return {}
+        for subject_id in subject_ids:
+            self._regions.check(conn, region, subject_id)
+        kek_version = self._regions.kek_for_new_keys(conn, region)
+        keys: dict[str, DataKey] = {}
+        stored: list[repo.StoredSubjectKey] = []
+        for subject_id in subject_ids:
+            key_id = new_key_id()
+            material = os.urandom(DEK_BYTES)
+            wrapped = self._provider.wrap(
+                region,
+                kek_version,
+                material,
+                aad.dek_wrap(region, subject_id, key_id, 1, kek_version),
+            )
+            stored.append(
+                repo.StoredSubjectKey(
+                    id=key_id.hex(),
+                    region=region,
+                    subject_id=subject_id,
+                    version=1,
+                    kek_version=kek_version,
+                    wrapped=wrapped,
+                )
+            )
+            self._uncommitted.add(conn, key_id)
+            keys[subject_id] = DataKey(
+                key_id=key_id, region=region, subject_id=subject_id, version=1, material=material
+            )
+        repo.insert_subject_keys(conn, stored, now=self._clock.now())
+        return keys
 
     # -- internals -----------------------------------------------------------------
 

@@ -29,6 +29,7 @@ caller's transaction created and then rolled back must never be used to seal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal, overload
@@ -141,6 +142,17 @@ class Keyring:
         (a corrupt wrapped key).
         """
         return self._data_keys.for_subject(conn, region, subject_id, create=create)
+
+    def new_subject_deks(
+        self, conn: Connection, region: str, subject_ids: Sequence[str]
+    ) -> dict[str, DataKey]:
+        """First DEKs of subjects whose record ids this transaction just generated,
+        created and stored in one go (bulk import). See `DataKeys.create_new`."""
+        return self._data_keys.create_new(conn, region, subject_ids)
+
+    def prefetch_deks(self, conn: Connection, region: str, key_ids: Sequence[bytes]) -> None:
+        """Warm the DEK cache with these keys in one query (see `DataKeys.prefetch`)."""
+        self._data_keys.prefetch(conn, region, key_ids)
 
     def dek_by_id(self, conn: Connection, region: str, key_id: bytes) -> DataKey:
         """The DEK with this id (from a ciphertext header), for decryption.

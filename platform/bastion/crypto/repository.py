@@ -100,6 +100,14 @@ def subject_key(conn: Connection, key_id: str) -> StoredSubjectKey | None:
     return None if row is None else _subject_key(row)
 
 
+def subject_keys_by_id(conn: Connection, key_ids: Sequence[str]) -> list[StoredSubjectKey]:
+    """The keys among `key_ids` that exist (one query, for a batch of reads)."""
+    if not key_ids:
+        return []
+    rows = conn.execute(select(subject_keys).where(subject_keys.c.id.in_(sorted(set(key_ids)))))
+    return [_subject_key(row) for row in rows]
+
+
 def current_subject_key(conn: Connection, subject_id: str) -> StoredSubjectKey | None:
     """The subject's highest-version key, if it has any."""
     row = conn.execute(
@@ -137,6 +145,27 @@ def insert_subject_key(conn: Connection, key: StoredSubjectKey, *, now: datetime
             wrapped=key.wrapped,
             created_at=now,
         )
+    )
+
+
+def insert_subject_keys(
+    conn: Connection, keys: Sequence[StoredSubjectKey], *, now: datetime
+) -> None:
+    """Many new keys in one executemany (a bulk import's keys)."""
+    conn.execute(
+        insert(subject_keys),
+        [
+            {
+                "id": key.id,
+                "region": key.region,
+                "subject_id": key.subject_id,
+                "version": key.version,
+                "kek_version": key.kek_version,
+                "wrapped": key.wrapped,
+                "created_at": now,
+            }
+            for key in keys
+        ],
     )
 
 

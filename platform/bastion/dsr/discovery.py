@@ -4,7 +4,10 @@ Starting from the request's subjects (contact and lead ids, resolved from an ema
 or phone through the blind indexes), discovery follows:
 
 - the same person under another record: the lead a contact was converted from,
-  and the contact a lead became (`converted_contact_id`);
+  the contact a lead became (`converted_contact_id`), and both ways along merges
+  (`quality.merge`, `merged_into`): the survivor a subject was merged into, and the
+  tombstones merged into a subject — so a request naming a merged person's old id,
+  or filed before the merge, covers what the survivor took and holds now;
 - every record sealed under the person's key (`crm.subjects.sealed_under`): their
   own record and the activities and cases about them — `about`;
 - every other record that links to them (an opportunity naming them as its
@@ -30,6 +33,7 @@ from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.codec import RecordCodec
 from bastion.crm.subjects import sealed_under, subject_entity
 from bastion.crm.tables import ENTITY_TABLES
+from bastion.quality.merge_repository import survivor_of, tombstones_of
 
 Relation = Literal["subject", "about", "linked", "employer"]
 SUBJECT_ENTITIES = frozenset(name for name, spec in ENTITIES.items() if spec.data_subject)
@@ -72,7 +76,7 @@ class Discovery:
 
 
 def discover(conn: Connection, subject_ids: Iterable[str]) -> Discovery:
-    subjects = _same_person(conn, list(dict.fromkeys(subject_ids)))
+    subjects = same_person(conn, list(dict.fromkeys(subject_ids)))
     found = Discovery(subjects)
     seen: set[str] = set()
 
@@ -115,8 +119,9 @@ def discover(conn: Connection, subject_ids: Iterable[str]) -> Discovery:
     return found
 
 
-def _same_person(conn: Connection, subject_ids: list[str]) -> list[str]:
-    """The subjects plus the records that are the same person (lead <-> converted contact)."""
+def same_person(conn: Connection, subject_ids: list[str]) -> list[str]:
+    """The subjects plus the records that are the same person: lead <-> converted
+    contact, and merges both ways (each step an indexed lookup), to a fixed point."""
     leads = ENTITY_TABLES["leads"]
     result = list(subject_ids)
     queue = list(subject_ids)
@@ -136,10 +141,37 @@ def _same_person(conn: Connection, subject_ids: list[str]) -> list[str]:
             )
         else:
             more = []
+        more += merged_with(conn, spec, subject)
         for other in more:
             if other not in result:
                 result.append(str(other))
                 queue.append(str(other))
+    return result
+
+
+def merged_with(conn: Connection, spec: EntitySpec, record_id: str) -> list[str]:
+    """The records a merge made one person with `record_id`, one step away: the
+    survivor it was merged into (which took its chosen values and its related
+    records), and the tombstones merged into it (which keep their own data until the
+    merge is final; their blind indexes are cleared, so only `merged_into` finds them).
+    Only people (contacts, leads) are merged: any other record has none."""
+    if not spec.data_subject:
+        return []
+    survivor = survivor_of(conn, spec, record_id)
+    return ([survivor] if survivor else []) + tombstones_of(conn, spec, record_id)
+
+
+def merged_person(conn: Connection, record_id: str) -> list[str]:
+    """`record_id` first, then every record merges made one person with it, however
+    many merges away (a loser's survivor, that survivor's other losers, ...)."""
+    spec = subject_entity(record_id)
+    result = [record_id]
+    queue = [record_id]
+    while queue:
+        for other in merged_with(conn, spec, queue.pop()):
+            if other not in result:
+                result.append(other)
+                queue.append(other)
     return result
 
 

@@ -28,7 +28,7 @@ them never leaves a dangling link (tests/unit/dsr/test_rules.py checks it stays 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -37,7 +37,7 @@ from sqlalchemy import Connection, delete, or_, select, update
 
 from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.codec import KEPT_PREFIX
-from bastion.crm.tables import ENTITY_TABLES
+from bastion.crm.tables import ENTITY_TABLES, import_rows
 from bastion.crypto.envelope import FieldContext, key_id_of, reseal
 from bastion.crypto.keyring import Keyring
 from bastion.dsr.discovery import Discovery, Item
@@ -224,8 +224,17 @@ def delete_records(conn: Connection, decisions: list[Decision]) -> list[str]:
             present = list(conn.execute(select(table.c.id).where(table.c.id.in_(chunk))).scalars())
             if present:
                 conn.execute(delete(table).where(table.c.id.in_(present)))
+                forget_imported(conn, present)
                 deleted += [str(i) for i in present]
     return deleted
+
+
+def forget_imported(conn: Connection, record_ids: Sequence[str]) -> None:
+    """Drop the import row keys of erased records: a keyed hash of the person's values
+    is pseudonymous data about them, and goes with the rest. (Importing the same file
+    again would then create the person again: a suppression list is not kept.)"""
+    if record_ids:
+        conn.execute(delete(import_rows).where(import_rows.c.record_id.in_(list(record_ids))))
 
 
 def shell(conn: Connection, decisions: list[Decision], now: datetime) -> tuple[list[str], int]:
@@ -249,6 +258,9 @@ def shell(conn: Connection, decisions: list[Decision], now: datetime) -> tuple[l
             if field.index_column is not None:
                 columns[field.index_column] = None
                 indexes += 1
+            if field.phonetic_column is not None:
+                columns[field.phonetic_column] = None
+                indexes += 1
             if field.read_only and field.type == "ref" and field.name != "converted_contact_id":
                 columns[field.name] = None
         columns = {k: v for k, v in columns.items() if k in table.c and not table.c[k].primary_key}
@@ -259,4 +271,5 @@ def shell(conn: Connection, decisions: list[Decision], now: datetime) -> tuple[l
         columns["version"] = int(current.version) + 1
         conn.execute(update(table).where(table.c.id == decision.record_id).values(**columns))
         shelled.append(decision.record_id)
+    forget_imported(conn, shelled)
     return shelled, indexes

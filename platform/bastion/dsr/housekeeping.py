@@ -1,5 +1,6 @@
 """What expires, checked each time a worker looks at a region: export packages (and
-the keys that sealed them), idempotency fingerprints, and what erasures kept once
+the keys that sealed them), idempotency fingerprints, merges past their undo window
+(`quality.finalize`: the losers' keys are shredded), and what erasures kept once
 nothing keeps it any more (`kept.sweep`: holds that expired, retention periods that
 ended; checked at most hourly)."""
 
@@ -8,10 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bastion.clock import Clock
+from bastion.crm.auditing import Recorder
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import kept
 from bastion.dsr import repository as repo
 from bastion.dsr.journal import Journal
+from bastion.quality.finalize import finalize_due
 from bastion.residency.databases import Database
 
 # Idempotency-Key fingerprints are kept this long (a retry window, not a record).
@@ -20,10 +23,13 @@ KEPT_CHECK = timedelta(hours=1)
 
 
 class Housekeeping:
-    def __init__(self, *, journal: Journal, keys: Keyring, clock: Clock) -> None:
+    def __init__(
+        self, *, journal: Journal, keys: Keyring, clock: Clock, recorder: Recorder
+    ) -> None:
         self._journal = journal
         self._keys = keys
         self._clock = clock
+        self._recorder = recorder
         self._kept_checked: dict[str, datetime] = {}
 
     def run(self, database: Database) -> None:
@@ -33,6 +39,7 @@ class Housekeeping:
                 repo.delete_package(conn, request_id)
                 self._keys.shred(conn, database.name, request_id)
             repo.purge_idempotency(conn, now - timedelta(hours=IDEMPOTENCY_HOURS))
+        finalize_due(database, self._keys, self._recorder, self._clock)
         last = self._kept_checked.get(database.name)
         if last is None or now - last >= KEPT_CHECK:
             self._kept_checked[database.name] = now

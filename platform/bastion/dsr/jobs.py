@@ -92,7 +92,9 @@ class DsrRunner:
             settings=settings,
             policy=policy,
         )
-        self._housekeeping = Housekeeping(journal=self._journal, keys=keys, clock=clock)
+        self._housekeeping = Housekeeping(
+            journal=self._journal, keys=keys, clock=clock, recorder=records.recorder
+        )
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None

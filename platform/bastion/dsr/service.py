@@ -29,7 +29,7 @@ from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import erasure
 from bastion.dsr import repository as repo
-from bastion.dsr.discovery import discover
+from bastion.dsr.discovery import discover, merged_person
 from bastion.dsr.gate import Gate
 from bastion.dsr.inputs import IDENTIFIERS, check_text, correctable, invalid, parse_create, spec_of
 from bastion.dsr.model import FINAL, FOUR_EYES, OPEN, InvalidTransition, due_at, require_status
@@ -82,7 +82,8 @@ class DsrService:
         database = self._regions.get(region)
         with database.transaction(write=True) as conn:
             if subject_id is not None:
-                subjects, identified_by = [self._existing_subject(conn, subject_id)], "record"
+                subjects = self._existing_subjects(conn, subject_id, request_type)
+                identified_by = "record"
             else:
                 assert identifier is not None
                 kind, value = identifier
@@ -132,19 +133,32 @@ class DsrService:
         assert stored is not None
         return self._render(stored)
 
-    def _existing_subject(self, conn: Connection, subject_id: str) -> str:
+    def _existing_subjects(self, conn: Connection, subject_id: str, request_type: str) -> list[str]:
+        """The request's subjects for a record id: the record, and every record merges
+        made one person with it (`merged_person`), named one first. A merged person's
+        old id stays valid: its survivor holds the values and records it took, and
+        the survivor's other tombstones hold the rest. A rectification corrects one
+        live record, so a tombstone is refused there (422 naming the survivor)."""
         spec = ENTITIES_BY_PREFIX.get(subject_id.split("_", 1)[0])
         if spec is None or not spec.data_subject:
             raise invalid("subject_id", "must be the id of a contact or lead")
         table = ENTITY_TABLES[spec.name]
         row = conn.execute(
-            select(table.c.id, table.c.erased_at).where(table.c.id == subject_id)
+            select(table.c.id, table.c.erased_at, table.c.merged_into).where(
+                table.c.id == subject_id
+            )
         ).one_or_none()
         if row is None:
             raise NotFound(f"no {spec.singular} has that id")
         if row.erased_at is not None:
             raise Gone(f"the {spec.singular} was already erased")
-        return subject_id
+        if request_type == "rectification":
+            if row.merged_into is not None:
+                raise invalid(
+                    "subject_id", f"was merged into {row.merged_into}: rectify that record"
+                )
+            return [subject_id]
+        return merged_person(conn, subject_id)
 
     def _resolve(self, conn: Connection, region: str, kind: str, value: str) -> list[str]:
         """The contacts and leads whose `kind` matches `value`: blind-index lookups, the

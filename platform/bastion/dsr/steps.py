@@ -30,6 +30,7 @@ from bastion.dsr.settings import DsrSettings
 from bastion.policy.engine import Policy
 from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
+from bastion.quality.merge_repository import finalize_for_subjects
 from bastion.residency.databases import Database, Regions
 
 SYSTEM_ROLE = "dsr_processor"
@@ -207,6 +208,8 @@ class Steps:
             if not done["discover"].get("person_held"):
                 for subject in done["discover"]["subjects"]:
                     destroyed += self._keys.shred(conn, region, subject)
+                # The merges into the person erased their losers too: nothing to undo.
+                finalize_for_subjects(conn, done["discover"]["subjects"])
             return self._journal.complete(
                 conn, region, request, "shred", {"keys_destroyed": destroyed}, {"keys": destroyed}
             )

@@ -11,6 +11,7 @@ errors (a reload is refused):
 warnings:
   unknown-role              a g line inherits a role no line gives any rule
   unreachable-field-rule    a field rule for a role that may not read (or write) the entity
+                            (analytics reads opportunity fields for `analytics read`)
   shadowed-by-deny          an allow that an unconditional deny of the same role always beats
   wildcard-sensitive        a wildcard, class or category grant that reaches sensitive fields
   write-without-read        create/update on an entity, or write on a field, without read
@@ -33,7 +34,7 @@ from typing import Any, Literal
 
 from bastion.policy.conditions import WHOLE_REGION, Clause
 from bastion.policy.engine import Policy, PolicySource, build_policy
-from bastion.policy.resources import SYSTEM_RESOURCES
+from bastion.policy.resources import ANALYTICS_ENTITY, SYSTEM_RESOURCES
 from bastion.policy.rules import (
     FIELD_ACTIONS,
     WILDCARD,
@@ -185,12 +186,22 @@ def _unreachable_field_rules(policy: Policy) -> list[Finding]:
             "read": ("read",),
             "write": ("create", "update"),
         }.get(rule.action, ("read", "create", "update"))
+        holders = _roles_granted(policy, rule.role)
         reachable = any(
             policy.allows(frozenset({holder}), region, entity, action)
-            for holder in _roles_granted(policy, rule.role)
+            for holder in holders
             for region in regions
             for entity in entities
             for action in needs
+        ) or (
+            # Pipeline analytics aggregates the opportunity fields its reader may read.
+            rule.action != "write"
+            and entities == [ANALYTICS_ENTITY]
+            and any(
+                policy.allows(frozenset({holder}), region, "analytics", "read")
+                for holder in holders
+                for region in regions
+            )
         )
         if not reachable:
             findings.append(

@@ -36,6 +36,8 @@ SYSTEM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     # them over this grant's scope, with groups smaller than k suppressed.
     "analytics": ("read",),
 }
+# The entity pipeline analytics aggregates.
+ANALYTICS_ENTITY = "opportunities"
 
 
 def entity_actions(entity: str) -> tuple[str, ...]:

@@ -36,6 +36,8 @@ duplicate_pairs = Table(
     Column("record_id", String(ID_MAX_LENGTH), nullable=False, index=True),
     Column("candidate_id", String(ID_MAX_LENGTH), nullable=False, index=True),
     Column("score", Float(), nullable=False),
+    # {field: {match, similarity}}: keyed by field so the queue scores a pair in SQL
+    # from the fields its reader may read (`quality.queue.reader_score`).
     Column("reasons", _JSON, nullable=False),
     # open -> dismissed | merged
     Column("status", String(16), nullable=False),
@@ -57,9 +59,11 @@ merges = Table(
     Column("loser_ids", _JSON, nullable=False),
     # Which record each chosen field came from: {field: record id}.
     Column("choices", _JSON, nullable=False),
-    # What moved to the survivor, to move it back: [{entity, id, field}].
+    # What moved to the survivor, to move it back: [{entity, id, field, from}]; `from`
+    # (the loser) is dropped once the merge is closed (undone or final).
     Column("moved", _JSON, nullable=False),
-    # The survivor's stored columns before the merge (ciphertexts as stored, base64).
+    # The survivor's stored columns before the merge (ciphertexts as stored, base64);
+    # emptied ({}) once the merge is closed: only an undo needs them.
     Column("survivor_before", _JSON, nullable=False),
     Column("merged_by", String(64), nullable=False),
     Column("merged_at", UTCDateTime(), nullable=False),
