@@ -7,7 +7,6 @@ the operation for the OpenAPI document.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,33 +17,14 @@ from starlette.routing import Route
 from bastion.analytics.query import GRANULARITIES, GROUPINGS, PARAMETERS, PERIOD_FIELDS, parse_query
 from bastion.analytics.service import WITHHOLDABLE
 from bastion.api.auth import caller_of, state_of
+from bastion.api.params import all_checked
 from bastion.api.problems import JSON
 from bastion.crm.catalog import OPPORTUNITY_STAGES
-from bastion.errors import FieldError, ValidationFailed
-
-_NAME_RE = re.compile(r"[a-z_]{1,32}")
-
-
-def _params(request: Request) -> dict[str, str]:
-    """The query parameters, each at most once and all known; 422 naming the bad ones."""
-    params: dict[str, str] = {}
-    errors: list[FieldError] = []
-    for name, value in request.query_params.multi_items():
-        shown = name if _NAME_RE.fullmatch(name) else "query"
-        if name not in PARAMETERS:
-            errors.append(FieldError(shown, "is not a parameter of this operation"))
-        elif name in params:
-            errors.append(FieldError(shown, "is given more than once"))
-        else:
-            params[name] = value
-    if errors:
-        raise ValidationFailed("invalid query parameters", errors)
-    return params
 
 
 async def pipeline(request: Request) -> Response:
     caller = await caller_of(request)
-    query = parse_query(_params(request))
+    query = parse_query(all_checked(request, PARAMETERS))
     figures = await run_in_threadpool(state_of(request).analytics.figures, caller, query)
     return JSON(figures)
 

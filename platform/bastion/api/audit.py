@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
+from bastion.api.params import all_checked
 from bastion.api.problems import JSON
 from bastion.audit.access import AuditAccess, Caller
 from bastion.audit.queries import (
@@ -38,29 +39,20 @@ from bastion.errors import (
 )
 from bastion.principals.tokens import Principal
 
-_NAME_RE = re.compile(r"[a-z_]{1,32}")
 _REGION_RE = re.compile(r"[a-z][a-z0-9]{1,15}")
 _SEQ_MAX = 1 << 62
 NDJSON = "application/x-ndjson"
 
 
 def _params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The query parameters, each at most once and all known; 422 naming the bad ones."""
-    params: dict[str, str] = {}
-    errors: list[FieldError] = []
-    for name, value in request.query_params.multi_items():
-        shown = name if _NAME_RE.fullmatch(name) else "query"
-        if name not in allowed:
-            errors.append(FieldError(shown, "is not a parameter of this operation"))
-        elif name in params:
-            errors.append(FieldError(shown, "is given more than once"))
-        else:
-            params[name] = value
+    """The query parameters (`params.all_checked`), and a region that names one."""
+    params = all_checked(request, allowed)
     region = params.get("region")
     if region is not None and _REGION_RE.fullmatch(region) is None:
-        errors.append(FieldError("region", "must be a region name (or control)"))
-    if errors:
-        raise ValidationFailed("invalid query parameters", errors)
+        raise ValidationFailed(
+            "invalid query parameters",
+            [FieldError("region", "must be a region name (or control)")],
+        )
     return params
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -11,12 +10,12 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.params import flag, integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
 from bastion.dsr.certificate import as_text
-from bastion.errors import BadRequest, FieldError, ValidationFailed
+from bastion.errors import FieldError, ValidationFailed
 
-_DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII only: str.isdigit accepts "²"
 _LIST_PARAMS = frozenset({"region", "status", "overdue", "due_within_days", "limit", "cursor"})
 _STATUSES = frozenset(
     {
@@ -40,18 +39,18 @@ async def collection(request: Request) -> Response:
         body = await json_object(request)
         created = await run_in_threadpool(service.create, caller, body)
         return JSON(created, status_code=201, headers={"Location": f"/v1/dsr/{created['id']}"})
-    params = _params(request, _LIST_PARAMS)
+    params = known_params(request, _LIST_PARAMS)
     status = params.get("status")
     if status is not None and status not in _STATUSES:
-        raise _invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
+        raise invalid("status", f"must be one of {', '.join(sorted(_STATUSES))}")
     page = await run_in_threadpool(
         service.list,
         caller,
         region=params.get("region"),
         status=status,
-        overdue=_flag(params, "overdue"),
-        due_within_days=_integer(params, "due_within_days", 1, 365),
-        limit=_integer(params, "limit", 1, 200) or 50,
+        overdue=flag(params, "overdue"),
+        due_within_days=integer(params, "due_within_days", 1, 365),
+        limit=integer(params, "limit", 1, 200) or 50,
         cursor=params.get("cursor"),
     )
     return JSON(page)
@@ -136,14 +135,14 @@ async def holds(request: Request) -> Response:
         return JSON(
             created, status_code=201, headers={"Location": f"/v1/legal-holds/{created['id']}"}
         )
-    params = _params(request, frozenset({"region", "target_id", "active", "limit", "cursor"}))
+    params = known_params(request, frozenset({"region", "target_id", "active", "limit", "cursor"}))
     result = await run_in_threadpool(
         service.find,
         caller,
         region=params.get("region"),
         target_id=params.get("target_id"),
-        active=_flag(params, "active"),
-        limit=_integer(params, "limit", 1, 200) or 50,
+        active=flag(params, "active"),
+        limit=integer(params, "limit", 1, 200) or 50,
         cursor=params.get("cursor"),
     )
     return JSON(result)
@@ -155,37 +154,6 @@ async def hold(request: Request) -> Response:
         state_of(request).legal_holds.release, caller, request.path_params["hold_id"]
     )
     return JSON(released)
-
-
-def _params(request: Request, known: frozenset[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise _invalid(name, "is not a parameter of this list")
-        if name in params:
-            raise BadRequest(f"the query parameter {name!r} is given more than once")
-        params[name] = value
-    return params
-
-
-def _flag(params: dict[str, str], name: str) -> bool:
-    value = params.get(name, "false")
-    if value not in ("true", "false"):
-        raise _invalid(name, "must be true or false")
-    return value == "true"
-
-
-def _integer(params: dict[str, str], name: str, low: int, high: int) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
-        raise _invalid(name, f"must be an integer from {low} to {high}")
-    return int(value)
-
-
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed("invalid request", [FieldError(field, message)])
 
 
 routes = [

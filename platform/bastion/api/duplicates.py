@@ -7,7 +7,6 @@ the API is one bounded, resumable step (`quality.service` says why).
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -16,15 +15,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.params import integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
-from bastion.errors import BadRequest, FieldError, ValidationFailed
+from bastion.errors import FieldError, ValidationFailed
 from bastion.quality.duplicates import DEDUP_ENTITIES, DEFAULT_MIN_SCORE
 from bastion.quality.queue import QUEUE_MIN_SCORE, STATUSES
 from bastion.quality.scoring import WEIGHTS
 from bastion.quality.service import SCAN_PAGE_DEFAULT, SCAN_PAGE_MAX
 
-_DIGITS_RE = re.compile(r"[0-9]{1,6}")
 _QUEUE_LIMIT = (1, 100, 50)  # low, high, default
 _SCAN_FIELDS = frozenset({"entity", "region", "cursor", "limit"})
 
@@ -32,7 +31,7 @@ _SCAN_FIELDS = frozenset({"entity", "region", "cursor", "limit"})
 def _duplicates_of(entity: str) -> Any:
     async def endpoint(request: Request) -> Response:
         caller = await caller_of(request)
-        params = _params(request, frozenset({"min_score"}))
+        params = known_params(request, frozenset({"min_score"}))
         min_score = _min_score(params.get("min_score"))
         found = await run_in_threadpool(
             state_of(request).duplicates.find,
@@ -48,10 +47,10 @@ def _duplicates_of(entity: str) -> Any:
 
 async def pairs(request: Request) -> Response:
     caller = await caller_of(request)
-    params = _params(request, frozenset({"entity", "region", "status", "limit", "cursor"}))
+    params = known_params(request, frozenset({"entity", "region", "status", "limit", "cursor"}))
     for name in ("entity", "region"):
         if name not in params:
-            raise _invalid(name, "is required")
+            raise invalid(name, "is required")
     low, high, default = _QUEUE_LIMIT
     page = await run_in_threadpool(
         state_of(request).duplicates.pairs,
@@ -59,7 +58,7 @@ async def pairs(request: Request) -> Response:
         params["entity"],
         params["region"],
         status=params.get("status", "open"),
-        limit=_integer(params, "limit", low, high) or default,
+        limit=integer(params, "limit", low, high) or default,
         cursor=params.get("cursor"),
     )
     return JSON(page)
@@ -111,17 +110,6 @@ async def dismiss(request: Request) -> Response:
     return JSON(pair)
 
 
-def _params(request: Request, known: frozenset[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise _invalid(name, "is not a parameter of this operation")
-        if name in params:
-            raise BadRequest(f"the query parameter {name!r} is given more than once")
-        params[name] = value
-    return params
-
-
 def _min_score(value: str | None) -> float:
     if value is None:
         return DEFAULT_MIN_SCORE
@@ -130,21 +118,8 @@ def _min_score(value: str | None) -> float:
     except ValueError:
         score = math.nan
     if not 0 <= score <= 1:  # also refuses nan
-        raise _invalid("min_score", "must be a number from 0 to 1")
+        raise invalid("min_score", "must be a number from 0 to 1")
     return score
-
-
-def _integer(params: dict[str, str], name: str, low: int, high: int) -> int | None:
-    value = params.get(name)
-    if value is None:
-        return None
-    if not _DIGITS_RE.fullmatch(value) or not low <= int(value) <= high:
-        raise _invalid(name, f"must be an integer from {low} to {high}")
-    return int(value)
-
-
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed("invalid request", [FieldError(field, message)])
 
 
 routes = [

@@ -22,11 +22,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.params import integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.bulk.imports import ImportRun
 from bastion.bulk.mapping import MAX_MAPPING_BYTES, parse_mapping
 from bastion.crm.catalog import ENTITIES
-from bastion.errors import BadRequest, FieldError, UnsupportedMediaType, ValidationFailed
+from bastion.errors import UnsupportedMediaType
 
 _SPOOL_IN_MEMORY = 1_048_576
 _CSV_TYPES = ("text/csv", "application/csv")
@@ -37,13 +38,13 @@ _PROBLEM_PARAMS = frozenset({"limit", "cursor"})
 async def create(request: Request) -> Response:
     caller = await caller_of(request)
     state = state_of(request)
-    params = _params(request, _CREATE_PARAMS)
+    params = known_params(request, _CREATE_PARAMS)
     entity = params.get("entity")
     if entity is None or entity not in ENTITIES:
-        raise _invalid("entity", f"must be one of {', '.join(sorted(ENTITIES))}")
+        raise invalid("entity", f"must be one of {', '.join(sorted(ENTITIES))}")
     mapping_text = params.get("mapping")
     if mapping_text is not None and len(mapping_text) > MAX_MAPPING_BYTES:
-        raise _invalid("mapping", f"must be at most {MAX_MAPPING_BYTES} characters")
+        raise invalid("mapping", f"must be at most {MAX_MAPPING_BYTES} characters")
     mapping = parse_mapping(mapping_text)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in _CSV_TYPES:
@@ -70,7 +71,7 @@ async def create(request: Request) -> Response:
 
 async def item(request: Request) -> Response:
     caller = await caller_of(request)
-    _params(request, frozenset())
+    known_params(request, frozenset())
     run: ImportRun = await run_in_threadpool(
         state_of(request).imports.get, caller, request.path_params["import_id"]
     )
@@ -79,38 +80,15 @@ async def item(request: Request) -> Response:
 
 async def problems(request: Request) -> Response:
     caller = await caller_of(request)
-    params = _params(request, _PROBLEM_PARAMS)
+    params = known_params(request, _PROBLEM_PARAMS)
     lines, cursor = await run_in_threadpool(
         state_of(request).imports.problems,
         caller,
         request.path_params["import_id"],
         cursor=params.get("cursor"),
-        limit=_limit(params.get("limit")),
+        limit=integer(params, "limit", 1, 1000) or 100,
     )
     return JSON({"data": [line.as_json() for line in lines], "next_cursor": cursor})
-
-
-def _params(request: Request, known: frozenset[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for name, value in request.query_params.multi_items():
-        if name not in known:
-            raise _invalid(name, "is not a parameter of this operation")
-        if name in params:
-            raise BadRequest(f"the query parameter {name!r} is given more than once")
-        params[name] = value
-    return params
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return 100
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise _invalid("limit", "must be an integer from 1 to 1000")
-    return int(raw)
-
-
-def _invalid(field: str, message: str) -> ValidationFailed:
-    return ValidationFailed("invalid request", [FieldError(field, message)])
 
 
 routes = [

@@ -195,38 +195,19 @@ class DataKeys:
         for subject_id in subject_ids:
             self._regions.check(conn, region, subject_id)
         kek_version = self._regions.kek_for_new_keys(conn, region)
-        keys: dict[str, DataKey] = {}
-        stored: list[repo.StoredSubjectKey] = []
-        for subject_id in subject_ids:
-            key_id = new_key_id()
-            material = os.urandom(DEK_BYTES)
-            wrapped = self._provider.wrap(
-                region,
-                kek_version,
-                material,
-                aad.dek_wrap(region, subject_id, key_id, 1, kek_version),
-            )
-            stored.append(
-                repo.StoredSubjectKey(
-                    id=key_id.hex(),
-                    region=region,
-                    subject_id=subject_id,
-                    version=1,
-                    kek_version=kek_version,
-                    wrapped=wrapped,
-                )
-            )
-            self._uncommitted.add(conn, key_id)
-            keys[subject_id] = DataKey(
-                key_id=key_id, region=region, subject_id=subject_id, version=1, material=material
-            )
+        made = [self._wrapped(region, subject_id, 1, kek_version) for subject_id in subject_ids]
+        stored = [row for row, _key in made]
+        for _row, key in made:
+            self._uncommitted.add(conn, key.id)
         repo.insert_subject_keys(conn, stored, now=self._clock.now())
-        return keys
+        return {key.subject_id: key for _row, key in made}
 
     # -- internals -----------------------------------------------------------------
 
-    def _create(self, conn: Connection, region: str, subject_id: str, *, version: int) -> DataKey:
-        kek_version = self._regions.kek_for_new_keys(conn, region)
+    def _wrapped(
+        self, region: str, subject_id: str, version: int, kek_version: int
+    ) -> tuple[repo.StoredSubjectKey, DataKey]:
+        """A fresh DEK for the subject: its row (wrapped under the KEK version) and the key."""
         key_id = new_key_id()
         material = os.urandom(DEK_BYTES)
         wrapped = self._provider.wrap(
@@ -243,6 +224,14 @@ class DataKeys:
             kek_version=kek_version,
             wrapped=wrapped,
         )
+        key = DataKey(
+            key_id=key_id, region=region, subject_id=subject_id, version=version, material=material
+        )
+        return stored, key
+
+    def _create(self, conn: Connection, region: str, subject_id: str, *, version: int) -> DataKey:
+        kek_version = self._regions.kek_for_new_keys(conn, region)
+        stored, key = self._wrapped(region, subject_id, version, kek_version)
         try:
             with conn.begin_nested():
                 repo.insert_subject_key(conn, stored, now=self._clock.now())
@@ -252,21 +241,19 @@ class DataKeys:
             winner = repo.current_subject_key(conn, subject_id)
             if winner is None or winner.version < version:
                 raise
-            key = self._unwrap(region, winner)
-            self._remember(conn, key, current=True)
-            return key
-        self._uncommitted.add(conn, key_id)
+            theirs = self._unwrap(region, winner)
+            self._remember(conn, theirs, current=True)
+            return theirs
+        self._uncommitted.add(conn, key.id)
         log.debug(
             "subject_key_created",
             region=region,
             subject_id=subject_id,
-            key_id=key_id.hex(),
+            key_id=key.id.hex(),
             version=version,
             kek_version=kek_version,
         )
-        return DataKey(
-            key_id=key_id, region=region, subject_id=subject_id, version=version, material=material
-        )
+        return key
 
     def _unwrap(self, region: str, stored: repo.StoredSubjectKey) -> DataKey:
         if stored.region != region:
