@@ -53,12 +53,13 @@ from bastion.bulk.tables import import_problems, import_rows, imports
 from bastion.crm import dedup, repository
 from bastion.crm.access import Access, FieldsForbidden
 from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
+from bastion.crm.codec import from_plaintext
 from bastion.crm.cursors import CursorCodec, Position
 from bastion.crm.pipeline import Values, entity_spec
 from bastion.crm.schemas import validate_patch
 from bastion.crm.service import RecordService
 from bastion.crm.tables import ENTITY_TABLES
-from bastion.crypto.envelope import key_id_of
+from bastion.crypto.envelope import FieldContext, key_id_of, unseal
 from bastion.errors import (
     BadRequest,
     BastionError,
@@ -271,7 +272,7 @@ class Importer:
                     self._batch(job, batch, index)
                 raise ImportFailed(
                     f"the file is not valid CSV at row {index + 2}: {exc}; the rows before it "
-                    "are imported, and running the corrected file resumes after them",
+                    "are imported, and importing the corrected file skips them",
                     job.run_id,
                     [FieldError("file", f"row {index + 2}: {exc}")],
                 ) from None
@@ -743,7 +744,7 @@ class _Duplicates:
     def _existing(self, wanted: Mapping[str, set[bytes]]) -> dict[tuple[str, str], str]:
         """(field, normalised value) -> id, of the readable records whose blind index
         matches: candidates by index, confirmed by decrypting (their keys loaded in one
-        query), so a truncated index's false positives drop out."""
+        query, and not cached), so a truncated index's false positives drop out."""
         codec = self._records.codec
         spec, region, conn = self._job.spec, self._job.region, self._conn
         table = ENTITY_TABLES[spec.name]
@@ -757,14 +758,18 @@ class _Duplicates:
             if self._scope is not None:
                 query = query.where(self._scope)
             candidates += [(f, dict(stored._mapping)) for stored in conn.execute(query)]
-        self._records.keys.prefetch_deks(
+        keys = self._records.keys.deks_by_id(
             conn, region, [key_id_of(stored[f.name]) for f, stored in candidates]
         )
         existing: dict[tuple[str, str], str] = {}
         for f, stored in candidates:
-            value = codec.open_field(conn, spec, region, stored, f)
-            if value is not None:
-                existing.setdefault((f.name, codec.normalized(f, value)), str(stored["id"]))
+            blob = bytes(stored[f.name])
+            key = keys.get(key_id_of(blob))
+            if key is None:
+                continue  # its person was erased: nothing to match
+            context = FieldContext(region, spec.table_name, str(stored["id"]), f.name)
+            value = from_plaintext(f, unseal(key, blob, context))
+            existing.setdefault((f.name, codec.normalized(f, value)), str(stored["id"]))
         return existing
 
 

@@ -172,15 +172,27 @@ class DataKeys:
         log.info("subject_keys_shredded", region=region, subject_id=subject_id, keys=deleted)
         return deleted
 
-    def prefetch(self, conn: Connection, region: str, key_ids: Sequence[bytes]) -> None:
-        """Load and unwrap, in one query, the keys among `key_ids` the cache lacks, so
-        that decrypting a batch of records (a bulk import's dedup candidates) costs one
-        round trip, not one per record. Keys that no longer exist are left for `by_id`
-        to report when they are used."""
+    def load_many(
+        self, conn: Connection, region: str, key_ids: Sequence[bytes]
+    ) -> dict[bytes, DataKey]:
+        """The keys among `key_ids` that exist, the ones the cache lacks loaded in one
+        query — for decrypting a batch of other records (a bulk import's dedup
+        candidates). What is loaded here is not cached: a bulk job must not evict the
+        keys of the people live requests are working on. Keys that no longer exist are
+        left out (their values were shredded)."""
         self._regions.check(conn, region)
-        missing = [k.hex() for k in key_ids if self._cache.by_id(region, k) is None]
+        found: dict[bytes, DataKey] = {}
+        missing: list[str] = []
+        for key_id in set(key_ids):
+            cached = self._cache.by_id(region, key_id)
+            if cached is None:
+                missing.append(key_id.hex())
+            else:
+                found[key_id] = cached
         for stored in repo.subject_keys_by_id(conn, missing):
-            self._remember(conn, self._unwrap(region, stored))
+            key = self._unwrap(region, stored)
+            found[key.id] = key
+        return found
 
     def create_new(
         self, conn: Connection, region: str, subject_ids: Sequence[str]

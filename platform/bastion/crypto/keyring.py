@@ -150,9 +150,11 @@ class Keyring:
         created and stored in one go (bulk import). See `DataKeys.create_new`."""
         return self._data_keys.create_new(conn, region, subject_ids)
 
-    def prefetch_deks(self, conn: Connection, region: str, key_ids: Sequence[bytes]) -> None:
-        """Warm the DEK cache with these keys in one query (see `DataKeys.prefetch`)."""
-        self._data_keys.prefetch(conn, region, key_ids)
+    def deks_by_id(
+        self, conn: Connection, region: str, key_ids: Sequence[bytes]
+    ) -> dict[bytes, DataKey]:
+        """Many DEKs by id in one query, not cached (see `DataKeys.load_many`)."""
+        return self._data_keys.load_many(conn, region, key_ids)
 
     def dek_by_id(self, conn: Connection, region: str, key_id: bytes) -> DataKey:
         """The DEK with this id (from a ciphertext header), for decryption.
