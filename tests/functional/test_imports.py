@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from starlette.testclient import TestClient
 
 from bastion.analytics.tables import opportunity_stages
@@ -483,3 +483,26 @@ def test_keys_are_per_importer_and_go_with_their_record(
     again = post_import(client, admin, text).json()
     assert (again["created"], again["skipped"]) == (1, 1)
     assert count(state, "eu", import_rows) == 2
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True
+)
+def test_postgresql_statistics_are_refreshed_as_an_import_grows_a_table(
+    client: TestClient, admin: dict[str, str], state: State
+) -> None:
+    """Until autovacuum runs, the planner takes a freshly filled table for empty and
+    scans it for every batch's lookups; the import analyzes the tables it grows."""
+    run = post_import(client, admin, csv_text([person(n) for n in range(1, 11)])).json()
+    assert run["created"] == 10
+    with state.regions.get("eu").transaction() as conn:
+        tuples = dict(
+            conn.execute(
+                text(
+                    "SELECT relname, reltuples FROM pg_class "
+                    "WHERE relname IN ('contacts', 'import_rows', 'subject_keys')"
+                )
+            ).all()
+        )
+    # -1: never analyzed. After the first batch of 7, each was analyzed.
+    assert all(value >= 7 for value in tuples.values()), tuples

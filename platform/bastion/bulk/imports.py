@@ -44,7 +44,8 @@ from datetime import datetime
 from typing import IO, Any
 
 import structlog
-from sqlalchemy import ColumnElement, Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, delete, insert, or_, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from bastion.analytics import stages
 from bastion.bulk.mapping import ColumnPlan, ImportMapping, plan_columns
@@ -263,7 +264,7 @@ class Importer:
         """Read, batch and import every data row after the first `done`; the last row
         number handled (data rows, header excluded)."""
         batch: list[tuple[int, list[str]]] = []
-        index = 0
+        index = batches = 0
         while True:
             try:
                 cells = next(reader, None)
@@ -285,6 +286,9 @@ class Importer:
             if len(batch) >= self._settings.batch_size:
                 self._batch(job, batch, index)
                 batch = []
+                batches += 1
+                if batches & (batches - 1) == 0:  # 1, 2, 4, 8, ... batches in
+                    self._refresh_statistics(job)
                 if progress is not None:
                     progress(source.tell())
         if batch:
@@ -292,6 +296,23 @@ class Importer:
         if progress is not None:
             progress(source.tell())
         return index
+
+    def _refresh_statistics(self, job: _Job) -> None:
+        """PostgreSQL: ANALYZE the tables an import grows, as they double. Autovacuum
+        analyzes a minute or more later; until then the planner believes the table is
+        as small as it was, and answers the batch's id and blind-index lookups by
+        scanning it — each batch slower than the last. A role that may not ANALYZE
+        (not the tables' owner) leaves it to autovacuum."""
+        database = self._records.database(job.region)
+        if database.engine.dialect.name != "postgresql":
+            return
+        tables = (ENTITY_TABLES[job.spec.name].name, import_rows.name, "subject_keys")
+        try:
+            with database.transaction(write=True) as conn:
+                for name in tables:
+                    conn.execute(text(f'ANALYZE "{name}"'))
+        except DBAPIError as exc:
+            log.info("import_analyze_skipped", region=job.region, error=type(exc).__name__)
 
     def _batch(self, job: _Job, cells: list[tuple[int, list[str]]], rows_done: int) -> None:
         """One transaction: the batch's rows checked, created or reported, and the run's
@@ -823,20 +844,29 @@ def _check_defaults(spec: EntitySpec, plan: ColumnPlan) -> None:
 
 def _imported(conn: Connection, spec: EntitySpec, keys: list[str]) -> dict[str, tuple[str, str]]:
     """Row key -> (record id, import run id), for rows imported before whose record is
-    still a live record (not deleted, erased or merged away)."""
+    still a live record (not deleted, erased or merged away). Two lookups by primary
+    key, not a join: a planner may answer a join by scanning the entity's table."""
     if not keys:
         return {}
-    table = ENTITY_TABLES[spec.name]
     found = conn.execute(
-        select(import_rows.c.row_key, import_rows.c.record_id, import_rows.c.import_id)
-        .join(table, table.c.id == import_rows.c.record_id)
-        .where(
-            import_rows.c.entity == spec.name,
-            import_rows.c.row_key.in_(sorted(set(keys))),
-            *repository.live(table),
+        select(import_rows.c.row_key, import_rows.c.record_id, import_rows.c.import_id).where(
+            import_rows.c.entity == spec.name, import_rows.c.row_key.in_(sorted(set(keys)))
         )
+    ).all()
+    if not found:
+        return {}
+    table = ENTITY_TABLES[spec.name]
+    live = set(
+        conn.execute(
+            select(table.c.id).where(
+                table.c.id.in_(sorted({str(r.record_id) for r in found})),
+                *repository.live(table),
+            )
+        ).scalars()
     )
-    return {str(r.row_key): (str(r.record_id), str(r.import_id)) for r in found}
+    return {
+        str(r.row_key): (str(r.record_id), str(r.import_id)) for r in found if r.record_id in live
+    }
 
 
 def _forget_stale(conn: Connection, spec: EntitySpec, keys: list[str]) -> None:
