@@ -13,8 +13,9 @@
 3. batches — `[imports] batch_size` rows per transaction in the region's database. A
    row is either created whole or not at all, and reported: `invalid` (one report line
    per field in error), `duplicate` (its email, phone or mobile matches a record the
-   importer can read, or an earlier row of the file), or `skipped` (imported before:
-   the keyed hash of its validated values is in `import_rows`). New records get their
+   importer can read, or an earlier row of the file), or `skipped` (imported before
+   by the same principal, into a record that is still live: the keyed hash of the
+   importer and the row's validated values is in `import_rows`). New records get their
    data keys in one statement (`Keyring.new_subject_deks`), their fields sealed and
    blind-indexed as any create, and one `record.import` audit event per batch names
    them (ids and field names, never values) in the same transaction.
