@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import structlog
 from cryptography.hazmat.primitives import hashes
@@ -72,6 +73,7 @@ class State:
             self.clock,
             known_roles=self.policy.roles,
             known_regions=self.regions.names,
+            cache_ttl=timedelta(seconds=self.settings.token_cache_seconds),
         )
         # One audit chain per database; production fails here if a signing key is missing.
         self.audit = AuditLog(
