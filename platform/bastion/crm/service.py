@@ -303,8 +303,7 @@ class RecordService(Pipeline):
         """Which records were returned, with which fields (names, never values)."""
         returned = {
             name
-            for record in records
-            for name in record
+            for name in set().union(*records)
             if not name.startswith("_") and name not in ("id", "region", "version")
         }
         event = self.recorder.event(
@@ -352,9 +351,14 @@ class RecordService(Pipeline):
                     )
                     if earlier is not None:
                         return Created(self._replay(conn, access, database, spec, earlier), True)
-                if not allow_duplicate:
+                indexes = (
                     dedup.refuse_duplicates(self, conn, access, spec, region, values)
-                record = self._insert_new(conn, caller, access, database, spec, region, values)
+                    if not allow_duplicate
+                    else {}
+                )
+                record = self._insert_new(
+                    conn, caller, access, database, spec, region, values, indexes=indexes
+                )
                 if idempotency_key is not None:
                     idempotency.remember(
                         conn,
@@ -412,11 +416,13 @@ class RecordService(Pipeline):
         spec: EntitySpec,
         region: str,
         values: Mapping[str, Any],
+        *,
+        indexes: Mapping[str, bytes] | None = None,
     ) -> Record:
         now = self.now()
         record_id = str(RecordId.new(spec.prefix, region, now))
         self.check_refs(conn, access, spec, region, values)
-        self.insert(conn, spec, record_id, region, now, values)
+        self.insert(conn, spec, record_id, region, now, values, indexes=indexes)
         stages.record_created(conn, spec.name, record_id, region, values, now)
         written = sorted(name for name, value in values.items() if value is not None)
         self.recorder.append(
