@@ -92,9 +92,7 @@ def refuse_duplicates(
         indexes[name] = index
         _serialize(conn, spec, name, index)
         # Only what confirming a candidate needs: its id and the sealed identifier.
-        query = select(table.c.id, table.c[field.name]).where(
-            table.c[field.index_column] == index
-        )
+        query = select(table.c.id, table.c[field.name]).where(table.c[field.index_column] == index)
         if where is not None:
             query = query.where(where)
         for row in conn.execute(query.limit(_CANDIDATES)):
