@@ -479,7 +479,6 @@ class Importer:
             [s for s, r in zip(subjects, ids, strict=True) if s == r and spec.encrypted_fields],
         )
         table = ENTITY_TABLES[spec.name]
-        blank = dict.fromkeys(table.c.keys())
         stored = []
         for row, record_id, subject in zip(rows, ids, subjects, strict=True):
             sealed = records.codec.seal_fields(
@@ -494,7 +493,6 @@ class Importer:
             )
             stored.append(
                 {
-                    **blank,
                     **sealed,
                     "id": record_id,
                     "region": region,
@@ -503,7 +501,10 @@ class Importer:
                     "updated_at": now,
                 }
             )
-        conn.execute(insert(table), stored)
+        # One executemany needs one set of columns: those any row of the batch sets
+        # (the rest keep their defaults), not every column of the table.
+        columns = dict.fromkeys(name for record in stored for name in record)
+        conn.execute(insert(table), [{**columns, **record} for record in stored])
         for record in stored:
             stages.record_created(conn, spec.name, record["id"], region, record, now)
         return ids
