@@ -336,7 +336,7 @@ class RecordService(Pipeline):
         with self.denials(caller, access, region, spec, "create"):
             scope = access.require(region, spec, "create")
             idempotency.check_key(idempotency_key)
-            values = self.new_values(access, spec, region, scope, fields)
+            values = new_values(access, spec, region, scope, fields)
         database = self.database(region)
         body_hash = (
             idempotency.request_hash(self._idempotency_secret, spec.name, region, values)
@@ -381,31 +381,6 @@ class RecordService(Pipeline):
                     raise
                 return Created(self._replay(conn, access, database, spec, earlier), True)
         return Created(record, False)
-
-    def new_values(
-        self,
-        access: Access,
-        spec: EntitySpec,
-        region: str,
-        scope: RowScope,
-        fields: Mapping[str, Any],
-    ) -> Values:
-        """A create body as the values to store: the fields it may write (403 naming
-        the others), validated (422), owner and team defaulted to the caller's, inside
-        the caller's create scope (403). Shared by creates and imports."""
-        principal = access.principal
-        named = _writable_names(spec, fields)
-        access.require_writable(region, spec, named)
-        values = validate_create(spec, fields)
-        check_lead_status(spec, values)
-        values["custom"] = _without_nulls(values.get("custom"))
-        if values.get("owner_id") is None:
-            values["owner_id"] = principal.id
-        if values.get("team_id") is None and principal.teams:
-            values["team_id"] = principal.teams[0]
-        access.require_writable(region, spec, named, proposed=values)
-        access.require_in_scope(scope, spec, values, "create")
-        return values
 
     def _insert_new(
         self,
@@ -615,6 +590,31 @@ def _writable_names(spec: EntitySpec, body: Mapping[str, Any]) -> list[str]:
     return [
         name for name in body if (field := spec.field(name)) is not None and not field.read_only
     ]
+
+
+def new_values(
+    access: Access,
+    spec: EntitySpec,
+    region: str,
+    scope: RowScope,
+    fields: Mapping[str, Any],
+) -> Values:
+    """A create body as the values to store: the fields it may write (403 naming the
+    others), validated (422), owner and team defaulted to the caller's, inside the
+    caller's create scope (403). Shared by creates and imports; needs no database."""
+    principal = access.principal
+    named = _writable_names(spec, fields)
+    access.require_writable(region, spec, named)
+    values = validate_create(spec, fields)
+    check_lead_status(spec, values)
+    values["custom"] = _without_nulls(values.get("custom"))
+    if values.get("owner_id") is None:
+        values["owner_id"] = principal.id
+    if values.get("team_id") is None and principal.teams:
+        values["team_id"] = principal.teams[0]
+    access.require_writable(region, spec, named, proposed=values)
+    access.require_in_scope(scope, spec, values, "create")
+    return values
 
 
 def check_lead_status(spec: EntitySpec, values: Mapping[str, Any]) -> None:
