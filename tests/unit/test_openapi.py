@@ -55,6 +55,24 @@ def test_a_success_without_a_schema_is_found() -> None:
     assert sorted(undescribed(document)) == ["GET /v1/me 200", "POST /v1/legal-holds 201"]
 
 
+def test_every_operation_taking_if_match_documents_428() -> None:
+    """Found by the fuzz: lead conversion and merges answered `If-Match: *` with 428
+    (`crm.records.parse_if_match` refuses a wildcard everywhere: it would allow lost
+    updates) without documenting it."""
+    document = openapi_document()
+    taking = []
+    for path, item in document["paths"].items():
+        for method in _METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            parameters = [*item.get("parameters", []), *operation.get("parameters", [])]
+            if any(p["name"] == "If-Match" and p["in"] == "header" for p in parameters):
+                taking.append(f"{method.upper()} {path}")
+                assert "428" in operation["responses"], f"{method.upper()} {path}"
+    assert {"POST /v1/leads/{id}/convert", "POST /v1/contacts/merge"} <= set(taking)
+
+
 def references(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         if isinstance(node.get("$ref"), str):

@@ -336,7 +336,7 @@ def _convert_path() -> dict[str, Any]:
                 {
                     "name": "If-Match",
                     "in": "header",
-                    "description": "The lead's ETag (optional; 412 if stale).",
+                    "description": "The lead's ETag (optional; 412 if stale, 428 for `*`).",
                     "schema": {"type": "string"},
                 },
             ],
@@ -369,6 +369,7 @@ def _convert_path() -> dict[str, Any]:
                 "409": _PROBLEM,
                 "412": _PROBLEM,
                 "422": _PROBLEM,
+                "428": _PROBLEM,
                 **_ERRORS,
             },
         }
