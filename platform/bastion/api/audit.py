@@ -19,7 +19,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
-from bastion.api.bodies import AuditCheckpointPage, json_response, ref
+from bastion.api.bodies import AuditCheckpointPage, json_response
 from bastion.api.params import all_checked
 from bastion.api.problems import JSON
 from bastion.audit.access import AuditAccess, Caller
@@ -347,13 +347,11 @@ def openapi_paths() -> dict[str, Any]:
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {
-                        "description": "Checkpoints and the chain's verifier key.",
-                        "content": {
-                            "application/json": {"schema": ref("AuditCheckpointPage")},
-                            "text/plain": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": json_response(
+                        "AuditCheckpointPage",
+                        "Checkpoints and the chain's verifier key (text/plain: the newest note).",
+                        or_text=True,
+                    ),
                     "204": {"description": "No checkpoint yet (text/plain asked for)."},
                     **errors,
                 },

@@ -48,9 +48,13 @@ def ref(name: str) -> dict[str, str]:
     return {"$ref": _REF.format(model=name)}
 
 
-def json_response(name: str, description: str) -> dict[str, Any]:
-    """An OpenAPI response whose JSON body is the component `name`."""
-    return {"description": description, "content": {"application/json": {"schema": ref(name)}}}
+def json_response(name: str, description: str, *, or_text: bool = False) -> dict[str, Any]:
+    """An OpenAPI response whose JSON body is the component `name` (or, `or_text`,
+    text/plain, as the request asks)."""
+    content: dict[str, Any] = {"application/json": {"schema": ref(name)}}
+    if or_text:
+        content["text/plain"] = {"schema": {"type": "string"}}
+    return {"description": description, "content": content}
 
 
 # -- the handlers' own bodies -------------------------------------------------------------

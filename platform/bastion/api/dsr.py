@@ -10,7 +10,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
-from bastion.api.bodies import json_response, ref
+from bastion.api.bodies import json_response
 from bastion.api.params import flag, integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
@@ -306,13 +306,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     },
                 ],
                 "responses": {
-                    "200": {
-                        "description": "The certificate.",
-                        "content": {
-                            "application/json": {"schema": ref("SignedCertificate")},
-                            "text/plain": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": json_response("SignedCertificate", "The certificate.", or_text=True),
                     "409": problem,
                     **errors,
                 },
