@@ -240,7 +240,6 @@ def _flag(description: str) -> dict[str, Any]:
 
 
 def _dsr_request() -> dict[str, Any]:
-    names = {"type": "array", "items": {"type": "string"}}
     return row_schema(
         dsr_requests,
         SHOWN_COLUMNS,
@@ -250,7 +249,7 @@ def _dsr_request() -> dict[str, Any]:
             "regime": {"type": "string", "enum": list(REGIMES)},
             "status": {"type": "string", "enum": list(get_args(Status))},
             "identified_by": {"type": "string", "enum": ["record", *IDENTIFIERS]},
-            "subject_ids": names,
+            "subject_ids": {"type": "array", "items": {"type": "string"}},
             "step": {
                 "type": "string",
                 "enum": sorted({step for steps in STEPS.values() for step in steps}),
