@@ -195,3 +195,22 @@ def test_a_patch_needs_the_records_etag_not_a_wildcard(
         assert wildcard.headers["content-type"] == "application/problem+json"
         assert "lost updates" in wildcard.json()["detail"]
     assert client.get(url, headers=admin).json()["version"] == 1
+
+
+def test_a_wildcard_if_match_is_428_where_if_match_is_optional(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    """Found by the fuzz (documented since): conversion and merges take an optional
+    If-Match, and refuse `*` as PATCH and DELETE do, changing nothing."""
+    lead = create(client, "leads", lead_body(), admin)
+    survivor = create(client, "contacts", contact_body(), admin)
+    loser = create(client, "contacts", contact_body(), admin)
+    for path, body in (
+        (f"/v1/leads/{lead['id']}/convert", None),
+        ("/v1/contacts/merge", {"survivor_id": survivor["id"], "loser_ids": [loser["id"]]}),
+    ):
+        wildcard = client.post(path, json=body, headers={**admin, "If-Match": "*"})
+        assert wildcard.status_code == 428, wildcard.text
+        assert wildcard.headers["content-type"] == "application/problem+json"
+    assert client.get(f"/v1/leads/{lead['id']}", headers=admin).json()["version"] == 1
+    assert client.get(f"/v1/contacts/{loser['id']}", headers=admin).status_code == 200

@@ -19,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
+from bastion.api.bodies import AuditCheckpointPage, json_response
 from bastion.api.params import all_checked
 from bastion.api.problems import JSON
 from bastion.audit.access import AuditAccess, Caller
@@ -174,13 +175,12 @@ async def checkpoints(request: Request) -> Response:
         # The newest checkpoint as a signed note, for a witness to store as is.
         return PlainTextResponse(found[0].note if found else "", status_code=200 if found else 204)
     page = found[:limit]
-    return JSON(
-        {
-            "data": [c.to_json() for c in page],
-            "verifier_key": verifier,
-            "next_cursor": str(page[-1].tree_size) if len(found) > limit else None,
-        }
-    )
+    body: AuditCheckpointPage = {
+        "data": [c.to_json() for c in page],
+        "verifier_key": verifier,
+        "next_cursor": str(page[-1].tree_size) if len(found) > limit else None,
+    }
+    return JSON(body)
 
 
 async def export(request: Request) -> Response:
@@ -258,21 +258,11 @@ def openapi_paths() -> dict[str, Any]:
             "description": "Start here; at most one past the head (422 otherwise).",
         },
     ]
-    verified = {
-        "description": "`ok`, or the first bad sequence number and what is wrong; "
+    verified = json_response(
+        "AuditVerification",
+        "`ok`, or the first bad sequence number and what is wrong; "
         "`time_anomalies` counts events dated outside the signed checkpoint times.",
-    }
-    checkpoint = {
-        "type": "object",
-        "properties": {
-            "origin": {"type": "string"},
-            "tree_size": {"type": "integer"},
-            "head_hash": {"type": "string", "description": "base64"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "key_id": {"type": "string"},
-            "note": {"type": "string", "description": "C2SP signed note"},
-        },
-    }
+    )
     return {
         "/v1/audit/events": {
             "get": {
@@ -357,22 +347,12 @@ def openapi_paths() -> dict[str, Any]:
                     {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                 ],
                 "responses": {
-                    "200": {
-                        "description": "Checkpoints and the chain's verifier key.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "data": {"type": "array", "items": checkpoint},
-                                        "verifier_key": {"type": "string"},
-                                        "next_cursor": {"type": ["string", "null"]},
-                                    },
-                                }
-                            },
-                            "text/plain": {"schema": {"type": "string"}},
-                        },
-                    },
+                    "200": json_response(
+                        "AuditCheckpointPage",
+                        "Checkpoints and the chain's verifier key (text/plain: the newest note).",
+                        or_text=True,
+                    ),
+                    "204": {"description": "No checkpoint yet (text/plain asked for)."},
                     **errors,
                 },
             },
@@ -382,11 +362,8 @@ def openapi_paths() -> dict[str, Any]:
                 "tags": ["audit"],
                 "parameters": [required_region],
                 "responses": {
-                    "201": {
-                        "description": "A new checkpoint.",
-                        "content": {"application/json": {"schema": checkpoint}},
-                    },
-                    "200": {"description": "The head already had this checkpoint."},
+                    "201": json_response("AuditCheckpoint", "A new checkpoint."),
+                    "200": json_response("AuditCheckpoint", "The head already had this one."),
                     "409": problem,
                     **errors,
                 },

@@ -10,6 +10,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.bodies import json_response
 from bastion.api.params import flag, integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
@@ -214,7 +215,11 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
             "summary": summary,
             "tags": ["dsr"],
             "parameters": request_id,
-            "responses": {"200": {"description": "The request."}, "409": problem, **errors},
+            "responses": {
+                "200": json_response("DsrRequest", "The request."),
+                "409": problem,
+                **errors,
+            },
         }
         if body is not None:
             operation["requestBody"] = _object_body(body, required=list(body))
@@ -231,7 +236,10 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     {"name": n, "in": "query", "schema": {"type": "string"}}
                     for n in sorted(_LIST_PARAMS)
                 ],
-                "responses": {"200": {"description": "A page of requests."}, **errors},
+                "responses": {
+                    "200": json_response("DsrRequestPage", "A page of requests."),
+                    **errors,
+                },
             },
             "post": {
                 "operationId": "dsr_create",
@@ -241,7 +249,14 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": create_schema}},
                 },
-                "responses": {"201": {"description": "The request."}, "409": problem, **errors},
+                "responses": {
+                    "201": {
+                        **json_response("DsrRequest", "The request."),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    "409": problem,
+                    **errors,
+                },
             },
         },
         "/v1/dsr/{request_id}": {
@@ -249,7 +264,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "operationId": "dsr_get",
                 "tags": ["dsr"],
                 "parameters": request_id,
-                "responses": {"200": {"description": "The request."}, **errors},
+                "responses": {"200": json_response("DsrRequest", "The request."), **errors},
             }
         },
         "/v1/dsr/{request_id}/preview": {
@@ -258,7 +273,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "summary": "Dry run: what would be exported or erased and kept",
                 "tags": ["dsr"],
                 "parameters": request_id,
-                "responses": {"200": {"description": "The preview."}, **errors},
+                "responses": {"200": json_response("DsrPreview", "The preview."), **errors},
             }
         },
         "/v1/dsr/{request_id}/package": {
@@ -280,8 +295,21 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "operationId": "dsr_certificate",
                 "summary": "The signed erasure certificate (?format=text for people)",
                 "tags": ["dsr"],
-                "parameters": request_id,
-                "responses": {"200": {"description": "The certificate."}, "409": problem, **errors},
+                "parameters": [
+                    *request_id,
+                    {
+                        "name": "format",
+                        "in": "query",
+                        "description": "`text`: the certificate for people, as text/plain "
+                        "(only the JSON document verifies); anything else: the JSON document.",
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": json_response("SignedCertificate", "The certificate.", or_text=True),
+                    "409": problem,
+                    **errors,
+                },
             }
         },
         "/v1/dsr/{request_id}/verify": change("Verify the requester's identity", {"method": text}),
@@ -297,7 +325,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     {"name": n, "in": "query", "schema": {"type": "string"}}
                     for n in ("region", "target_id", "active", "limit", "cursor")
                 ],
-                "responses": {"200": {"description": "Legal holds."}, **errors},
+                "responses": {"200": json_response("LegalHoldPage", "Legal holds."), **errors},
             },
             "post": {
                 "operationId": "holds_create",
@@ -311,7 +339,13 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     },
                     required=["target_id", "reason"],
                 ),
-                "responses": {"201": {"description": "The hold."}, **errors},
+                "responses": {
+                    "201": {
+                        **json_response("LegalHold", "The hold."),
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                    },
+                    **errors,
+                },
             },
         },
         "/v1/legal-holds/{hold_id}": {
@@ -327,7 +361,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     }
                 ],
                 "responses": {
-                    "200": {"description": "The released hold."},
+                    "200": json_response("LegalHold", "The released hold."),
                     "409": problem,
                     **errors,
                 },

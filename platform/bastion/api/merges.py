@@ -164,7 +164,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     {
                         "name": "If-Match",
                         "in": "header",
-                        "description": "The survivor's ETag (optional; 412 if stale).",
+                        "description": "The survivor's ETag (optional; 412 if stale, 428 for `*`).",
                         "schema": {"type": "string"},
                     }
                 ],
@@ -193,6 +193,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                         },
                     },
                     "412": problem,
+                    "428": problem,
                     **errors,
                 },
             }

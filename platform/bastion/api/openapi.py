@@ -2,7 +2,8 @@
 
 The request schemas are the JSON Schemas of the very pydantic models that validate
 request bodies (`crm.schemas`), so the published contract and the validator
-cannot drift apart.
+cannot drift apart; likewise the bodies that are not records are described from the
+definitions the code builds them with (`api.bodies`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bastion.api import imports as imports_api
 from bastion.api import merges as merges_api
 from bastion.api import policy as policy_api
 from bastion.api.auth import authenticate, state_of
+from bastion.api.bodies import components, json_response
 from bastion.api.openapi_tailor import tailored
 from bastion.api.problems import JSON
 from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
@@ -334,7 +336,7 @@ def _convert_path() -> dict[str, Any]:
                 {
                     "name": "If-Match",
                     "in": "header",
-                    "description": "The lead's ETag (optional; 412 if stale).",
+                    "description": "The lead's ETag (optional; 412 if stale, 428 for `*`).",
                     "schema": {"type": "string"},
                 },
             ],
@@ -367,6 +369,7 @@ def _convert_path() -> dict[str, Any]:
                 "409": _PROBLEM,
                 "412": _PROBLEM,
                 "422": _PROBLEM,
+                "428": _PROBLEM,
                 **_ERRORS,
             },
         }
@@ -433,6 +436,7 @@ def openapi_document() -> dict[str, Any]:
         }
         schemas[f"{title}Patch"] = _body_schema(patch_model(spec))
         paths.update(_entity_paths(spec))
+    schemas.update(components())
     paths["/v1/leads/{id}/convert"] = _convert_path()
     paths.update(policy_api.openapi_paths(_PROBLEM))
     paths.update(audit_api.openapi_paths())
@@ -446,22 +450,33 @@ def openapi_document() -> dict[str, Any]:
         "get": {
             "operationId": "me",
             "summary": "The caller, its roles, regions and effective permissions",
-            "responses": {"200": {"description": "The principal."}, "401": _PROBLEM},
+            "responses": {"200": json_response("Me", "The principal."), "401": _PROBLEM},
         }
     }
     for item in paths.values():  # every operation can meet the per-token rate limit
         for method, operation in item.items():
             if method != "parameters":
                 operation["responses"].setdefault("429", _PROBLEM)
-    for path, summary in (("/healthz", "Liveness"), ("/readyz", "Readiness of every database")):
-        paths[path] = {
-            "get": {
-                "operationId": path.strip("/"),
-                "summary": summary,
-                "security": [],
-                "responses": {"200": {"description": "OK"}, "503": _PROBLEM},
-            }
+    paths["/healthz"] = {
+        "get": {
+            "operationId": "healthz",
+            "summary": "Liveness",
+            "security": [],
+            "responses": {"200": json_response("Liveness", "The process answers.")},
         }
+    }
+    paths["/readyz"] = {
+        "get": {
+            "operationId": "readyz",
+            "summary": "Readiness of every database, key service and audit chain",
+            "security": [],
+            "responses": {
+                "200": json_response("Readiness", "Ready."),
+                # Not a problem: a load balancer or an operator reads what is down.
+                "503": json_response("Readiness", "Not ready: says what is not."),
+            },
+        }
+    }
     _complete_problems(paths)
     return {
         "openapi": "3.1.0",

@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 from bastion.crm.catalog import ENTITIES, SYSTEM_FIELDS
-from bastion.crm.permissions import effective_permissions, system_permissions
+from bastion.crm.permissions import EntityPermissions, effective_permissions, system_permissions
 from bastion.crm.records import ERASED, RESTRICTED, WITHHELD
 from bastion.policy.engine import Policy
 from bastion.principals.tokens import Principal
@@ -112,7 +112,7 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
     return view
 
 
-def _tailor_export(operation: dict[str, Any], granted: dict[str, Any]) -> None:
+def _tailor_export(operation: dict[str, Any], granted: EntityPermissions) -> None:
     """An export spans the caller's regions where it may export, and filters only on
     fields readable in each of them (as a list does)."""
     exported = [r for r in granted["regions"].values() if "export" in r["actions"]]
@@ -146,7 +146,9 @@ _CROSS_ENTITY = {
 
 
 def _keep_if_any(
-    paths: dict[str, Any], permissions: dict[str, Any], resources: dict[str, list[str]]
+    paths: dict[str, Any],
+    permissions: dict[str, EntityPermissions],
+    resources: dict[str, list[str]],
 ) -> None:
     """Drop the cross-entity routes none of the caller's grants opens."""
     entity_actions = {a for granted in permissions.values() for a in granted["actions"]}
@@ -164,7 +166,7 @@ def _keep_if_any(
             paths.pop(path, None)
 
 
-def _regions_allowing(granted: dict[str, Any], action: str) -> list[str]:
+def _regions_allowing(granted: EntityPermissions, action: str) -> list[str]:
     """The caller's regions where its roles allow `action` on the entity."""
     return [name for name, region in granted["regions"].items() if action in region["actions"]]
 

@@ -15,6 +15,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import authenticate, state_of
+from bastion.api.bodies import (
+    PolicyCheckResult,
+    PolicyChecks,
+    PolicyHistory,
+    PolicyReload,
+    RunningPolicy,
+    json_response,
+)
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
 from bastion.errors import Conflict, FieldError, Forbidden, ValidationFailed
@@ -44,16 +52,15 @@ async def current(request: Request) -> Response:
     _require(state, principal, "read")
     policy = state.policy
     active = await run_in_threadpool(state.policy_store.active_version)
-    return JSON(
-        {
-            "version": policy.version,
-            "active_version": active,
-            "origin": policy.source.origin,
-            "roles": sorted(policy.roles),
-            "regions": list(policy.regions),
-            "resources": {name: list(actions) for name, actions in policy.resources.items()},
-        }
-    )
+    answer: RunningPolicy = {
+        "version": policy.version,
+        "active_version": active,
+        "origin": policy.source.origin,
+        "roles": sorted(policy.roles),
+        "regions": list(policy.regions),
+        "resources": {name: list(actions) for name, actions in policy.resources.items()},
+    }
+    return JSON(answer)
 
 
 async def history(request: Request) -> Response:
@@ -61,7 +68,8 @@ async def history(request: Request) -> Response:
     state = state_of(request)
     _require(state, principal, "read")
     changes = await run_in_threadpool(state.policy_store.history)
-    return JSON({"data": [c.as_dict() for c in changes]})
+    answer: PolicyHistory = {"data": [c.as_dict() for c in changes]}
+    return JSON(answer)
 
 
 async def explain_one(request: Request) -> Response:
@@ -86,7 +94,7 @@ async def check(request: Request) -> Response:
         raise ValidationFailed("invalid check request", errors)
     assert isinstance(checks, list)
     policy = state.policy
-    results = []
+    results: list[PolicyCheckResult] = []
     for index, question in enumerate(checks):
         if not isinstance(question, dict):
             raise ValidationFailed(
@@ -103,7 +111,8 @@ async def check(request: Request) -> Response:
                 "reason": explanation.reason,
             }
         )
-    return JSON({"policy_version": policy.version, "results": results})
+    answer: PolicyChecks = {"policy_version": policy.version, "results": results}
+    return JSON(answer)
 
 
 async def reload(request: Request) -> Response:
@@ -126,14 +135,13 @@ async def reload(request: Request) -> Response:
         raise Conflict(
             f"the policy files were refused; version {old} keeps running: {exc}"
         ) from None
-    return JSON(
-        {
-            "old_version": old,
-            "version": policy.version,
-            "changed": change is not None,
-            "warnings": [f.as_dict() for f in findings if _is_warning(f)],
-        }
-    )
+    answer: PolicyReload = {
+        "old_version": old,
+        "version": policy.version,
+        "changed": change is not None,
+        "warnings": [f.as_dict() for f in findings if _is_warning(f)],
+    }
+    return JSON(answer)
 
 
 def _is_warning(finding: Finding) -> bool:
@@ -236,7 +244,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "operationId": "policy_current",
                 "summary": "The running policy version, its roles and resources",
                 "tags": ["policy"],
-                "responses": {"200": {"description": "The policy."}, **errors},
+                "responses": {"200": json_response("RunningPolicy", "The policy."), **errors},
             }
         },
         "/v1/policy/history": {
@@ -244,7 +252,10 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "operationId": "policy_history",
                 "summary": "Every activation: who, when, old -> new version, the diff",
                 "tags": ["policy"],
-                "responses": {"200": {"description": "The changes, newest first."}, **errors},
+                "responses": {
+                    "200": json_response("PolicyHistory", "The changes, newest first."),
+                    **errors,
+                },
             }
         },
         "/v1/policy/explain": {
@@ -256,7 +267,10 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": question}},
                 },
-                "responses": {"200": {"description": "The explanation."}, **errors},
+                "responses": {
+                    "200": json_response("PolicyExplanation", "The explanation."),
+                    **errors,
+                },
             }
         },
         "/v1/policy/check": {
@@ -285,7 +299,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                         }
                     },
                 },
-                "responses": {"200": {"description": "The decisions."}, **errors},
+                "responses": {"200": json_response("PolicyChecks", "The decisions."), **errors},
             }
         },
         "/v1/policy/reload": {
@@ -306,7 +320,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     },
                 },
                 "responses": {
-                    "200": {"description": "The version now active."},
+                    "200": json_response("PolicyReload", "The version now active."),
                     "409": problem,
                     **errors,
                 },

@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, Row, insert, or_, select
+from typing_extensions import TypedDict
 
 from bastion.audit.chain import head
 from bastion.audit.encoding import b64, format_time
@@ -25,8 +26,24 @@ from bastion.audit.keys import SigningKey
 from bastion.audit.notes import NoteError, Signature, checkpoint_body, render_note
 from bastion.audit.tables import AUDIT
 from bastion.errors import Conflict
+from bastion.wire import Timestamp, closed
 
 _CHECKPOINTS = AUDIT.checkpoints
+
+
+@closed
+class AuditCheckpoint(TypedDict):
+    """A signed checkpoint of a chain: its size and head hash at a time."""
+
+    origin: str
+    tree_size: int
+    head_hash: str
+    """base64"""
+    created_at: Timestamp
+    key_id: str
+    """hex"""
+    note: str
+    """The C2SP signed note, for a witness to keep."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +67,7 @@ class Checkpoint:
         """The checkpoint as a signed note, for third parties to keep."""
         return render_note(self.body, [Signature(self.origin, self.key_id, self.signature)])
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> AuditCheckpoint:
         return {
             "origin": self.origin,
             "tree_size": self.tree_size,

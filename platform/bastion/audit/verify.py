@@ -45,6 +45,7 @@ from typing import Any, Literal, NoReturn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Connection, select, text
+from typing_extensions import TypedDict
 
 from bastion.audit.chain import head, pending_count
 from bastion.audit.checkpoints import Checkpoint, prune_body, stored_checkpoints
@@ -54,6 +55,7 @@ from bastion.audit.tables import AUDIT
 from bastion.audit.timebounds import TimeBounds
 from bastion.audit.witness import Witness
 from bastion.errors import Conflict, FieldError, ValidationFailed
+from bastion.wire import closed
 
 ProblemKind = Literal[
     "modified",
@@ -110,6 +112,35 @@ LIMIT 1
 """
 
 
+@closed
+class AuditChainProblem(TypedDict):
+    """The first thing wrong with a chain: its kind, where, and what."""
+
+    kind: ProblemKind
+    seq: int | None
+    detail: str
+    event_id: str | None
+
+
+@closed
+class AuditVerification(TypedDict):
+    """A chain's verification (`VerifyReport`): `ok`, or the first bad sequence number
+    and what is wrong there."""
+
+    chain: str
+    ok: bool
+    first_seq: int
+    last_seq: int
+    entries: int
+    checkpoints: int
+    pending: int
+    first_bad_seq: int | None
+    problem: AuditChainProblem | None
+    time_anomalies: int
+    first_time_anomaly_seq: int | None
+    witness_tree_size: int | None
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     kind: ProblemKind
@@ -117,7 +148,7 @@ class Problem:
     detail: str
     event_id: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> AuditChainProblem:
         return {
             "kind": self.kind,
             "seq": self.seq,
@@ -150,7 +181,7 @@ class VerifyReport:
     def ok(self) -> bool:
         return self.problem is None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> AuditVerification:
         return {
             "chain": self.chain,
             "ok": self.ok,

@@ -10,19 +10,51 @@ enforces.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
+
+from typing_extensions import TypedDict
 
 from bastion.crm.catalog import ENTITIES
 from bastion.policy.engine import Policy
 from bastion.policy.resources import SYSTEM_RESOURCES
 from bastion.principals.tokens import Principal
+from bastion.wire import closed
 
 
-def effective_permissions(policy: Policy, principal: Principal) -> dict[str, Any]:
+@closed
+class RegionPermissions(TypedDict):
+    """What the policy lets a principal do with an entity in one of its regions."""
+
+    actions: list[str]
+    scopes: dict[str, str]
+    """The row scope of each action allowed (`all`, `region`, `team`, `own`, ...)."""
+    read_fields: list[str]
+    write_fields: list[str]
+    conditional_read_fields: dict[str, str]
+    """Fields readable only on records meeting a condition, with the condition."""
+    conditional_write_fields: dict[str, str]
+
+
+@closed
+class EntityPermissions(TypedDict):
+    """What the policy lets a principal do with an entity: actions in any of its
+    regions, fields in every one of them, and each region's own under `regions`."""
+
+    actions: list[str]
+    read_fields: list[str]
+    write_fields: list[str]
+    conditional_read_fields: dict[str, str]
+    conditional_write_fields: dict[str, str]
+    scope: str
+    """The row scope of reads in the principal's default region."""
+    regions: dict[str, RegionPermissions]
+
+
+def effective_permissions(policy: Policy, principal: Principal) -> dict[str, EntityPermissions]:
     roles = principal.roles
-    permissions: dict[str, Any] = {}
+    permissions: dict[str, EntityPermissions] = {}
     for name, spec in ENTITIES.items():
-        by_region: dict[str, Any] = {}
+        by_region: dict[str, RegionPermissions] = {}
         for region in principal.regions:
             actions = policy.actions(roles, region, name)
             read = (
@@ -87,13 +119,20 @@ def _writable(entity: str, names: set[str] | frozenset[str]) -> list[str]:
     return [f.name for f in ENTITIES[entity].writable_fields() if f.name in names]
 
 
-def _common(regions: list[dict[str, Any]], key: str, actions: tuple[str, ...]) -> set[str]:
+def _common(
+    regions: list[RegionPermissions],
+    key: Literal["read_fields", "write_fields"],
+    actions: tuple[str, ...],
+) -> set[str]:
     """The fields listed under `key` in every region where one of `actions` is allowed."""
     lists = [set(r[key]) for r in regions if set(actions) & set(r["actions"])]
     return set.intersection(*lists) if lists else set()
 
 
-def _merged(regions: list[dict[str, Any]], key: str) -> dict[str, str]:
+def _merged(
+    regions: list[RegionPermissions],
+    key: Literal["conditional_read_fields", "conditional_write_fields"],
+) -> dict[str, str]:
     merged: dict[str, str] = {}
     for region in regions:
         merged.update(region[key])

@@ -18,15 +18,70 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, NotRequired
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing_extensions import TypedDict
 
 from bastion.audit.keys import SigningKey
+from bastion.dsr.erasure import KeptRecord
+from bastion.dsr.model import Regime
 from bastion.errors import ValidationFailed
+from bastion.wire import Timestamp, closed, extensible
 
-FORMAT = "bastion-erasure-certificate-v1"
+FORMAT: Literal["bastion-erasure-certificate-v1"] = "bastion-erasure-certificate-v1"
+
+
+@extensible
+class CertifiedChainHead(TypedDict):
+    """The region's audit chain head when the certificate was issued."""
+
+    chain: str
+    head_seq: int
+    head_hash: str
+    """hex"""
+
+
+@extensible
+class ErasureCertificateBody(TypedDict):
+    """What was erased and kept, when, under which policy: ids, names and counts only."""
+
+    format: Literal["bastion-erasure-certificate-v1"]
+    request_id: str
+    region: str
+    regime: Regime
+    subject_ids: list[str]
+    received_at: Timestamp
+    approved_by: str
+    completed_at: Timestamp
+    policy_version: str
+    erased: dict[str, list[str]]
+    """Record ids erased (shells and deletions), per entity."""
+    pseudonymised: NotRequired[dict[str, list[str]]]
+    """Records kept whose link to the person now names the erased shell, per entity
+    (certificates issued before pseudonymisation existed have none)."""
+    kept: list[KeptRecord]
+    keys_destroyed: int
+    indexes_cleared: int
+    audit: CertifiedChainHead
+
+
+@extensible
+class CertificateSignature(TypedDict):
+    algorithm: Literal["ed25519"]
+    key_id: str
+    """hex: the region's audit checkpoint key (`bastion audit public-key`)."""
+    value: str
+    """base64"""
+
+
+@closed
+class SignedCertificate(TypedDict):
+    """An erasure certificate: `signature` is over the canonical JSON of `certificate`."""
+
+    certificate: ErasureCertificateBody
+    signature: CertificateSignature
 
 
 class CertificateInvalid(ValidationFailed):
@@ -38,10 +93,10 @@ def canonical(body: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def sign(body: Mapping[str, Any], key: SigningKey) -> dict[str, Any]:
+def sign(body: ErasureCertificateBody, key: SigningKey) -> SignedCertificate:
     """The certificate document for `body`, signed with `key`."""
     return {
-        "certificate": dict(body),
+        "certificate": body.copy(),
         "signature": {
             "algorithm": "ed25519",
             "key_id": key.key_id.hex(),

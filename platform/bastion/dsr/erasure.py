@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Connection, delete, or_, select, update
+from typing_extensions import TypedDict
 
 from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.codec import KEPT_PREFIX
@@ -42,9 +43,33 @@ from bastion.crypto.envelope import FieldContext, key_id_of, reseal
 from bastion.crypto.keyring import Keyring
 from bastion.dsr.discovery import Discovery, Item
 from bastion.dsr.tables import legal_holds
+from bastion.wire import closed, extensible
 
 Action = Literal["shell", "delete", "pseudonymise", "keep"]
 _BATCH = 500
+
+
+@closed
+class ErasureDecision(TypedDict):
+    """What an erasure does with one record it found, and why."""
+
+    entity: str
+    record_id: str
+    action: Action
+    reason_code: str | None
+    reason: str | None
+    hold_id: str | None
+    """The legal hold that keeps the record, if one does."""
+
+
+@extensible
+class KeptRecord(TypedDict):
+    """A record an erasure kept, and why (a legal hold, a retention rule)."""
+
+    entity: str
+    record_id: str
+    reason_code: str | None
+    reason: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +81,7 @@ class Decision:
     reason: str | None = None
     hold_id: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> ErasureDecision:
         return {
             "entity": self.entity,
             "record_id": self.record_id,
@@ -64,6 +89,15 @@ class Decision:
             "reason_code": self.reason_code,
             "reason": self.reason,
             "hold_id": self.hold_id,
+        }
+
+    def kept_record(self) -> KeptRecord:
+        """The record as results and certificates name it, if the decision keeps it."""
+        return {
+            "entity": self.entity,
+            "record_id": self.record_id,
+            "reason_code": self.reason_code,
+            "reason": self.reason,
         }
 
     @classmethod

@@ -222,6 +222,8 @@ class LegalHolds:
 
 
 def _render(stored: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """A hold as the API shows it: every column of `legal_holds`, and `active`
+    (`/openapi.json`'s `LegalHold` is made from the same columns)."""
     shown = {k: to_json_value(v) for k, v in stored.items()}
     expired = stored["expires_at"] is not None and stored["expires_at"] <= now
     shown["active"] = stored["released_at"] is None and not expired

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, NotRequired
 
 from sqlalchemy import Connection, select
+from typing_extensions import TypedDict
 
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
@@ -29,18 +30,88 @@ from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import erasure
 from bastion.dsr import repository as repo
+from bastion.dsr.certificate import SignedCertificate
 from bastion.dsr.discovery import discover, merged_person
 from bastion.dsr.gate import Gate
 from bastion.dsr.inputs import IDENTIFIERS, check_text, correctable, invalid, parse_create, spec_of
-from bastion.dsr.model import FINAL, FOUR_EYES, OPEN, InvalidTransition, due_at, require_status
+from bastion.dsr.model import (
+    FINAL,
+    FOUR_EYES,
+    OPEN,
+    InvalidTransition,
+    RequestType,
+    due_at,
+    require_status,
+)
 from bastion.dsr.settings import DsrSettings
 from bastion.dsr.steps import corrections_context, package_context
 from bastion.errors import BadRequest, Conflict, FieldError, Gone, NotFound, ValidationFailed
 from bastion.principals.caller import Caller
 from bastion.residency.databases import Regions
 from bastion.residency.ids import RecordId
+from bastion.wire import closed
 
 REQUEST_PREFIX = "dsr"
+# The columns of `dsr_requests` a request shows as they are stored; it also shows
+# `extended` (as a boolean), `overdue` and `due_soon`. Not shown: the sealed
+# corrections, their field names, the lease and the row version.
+SHOWN_COLUMNS = (
+    "id",
+    "region",
+    "type",
+    "regime",
+    "status",
+    "subject_ids",
+    "identified_by",
+    "verification",
+    "verification_method",
+    "verified_by",
+    "verified_at",
+    "received_at",
+    "due_at",
+    "extension_reason",
+    "created_by",
+    "approved_by",
+    "approved_at",
+    "started_at",
+    "completed_at",
+    "rejection_reason",
+    "step",
+    "progress",
+    "result",
+    "error",
+    "policy_version",
+)
+
+
+@closed
+class UntouchedRecord(TypedDict):
+    entity: str
+    record_id: str
+    reason: Literal["not the person's data"]
+
+
+@closed
+class DsrPreview(TypedDict):
+    """A dry run of a request: what it would export, or erase, pseudonymise and keep
+    (and why), if it ran now."""
+
+    request_id: str
+    type: RequestType
+    subjects: list[str]
+    """The person's records: the subjects and the records merges and conversions
+    made the same person."""
+    records: dict[str, dict[str, int]]
+    """Records found per entity and relation (subject, about, linked, employer)."""
+    fields: dict[str, list[str]]
+    """The fields of each entity found."""
+    audit_mentions: int
+    erase: NotRequired[dict[str, list[str]]]
+    pseudonymise: NotRequired[dict[str, list[str]]]
+    keep: NotRequired[list[erasure.ErasureDecision]]
+    untouched: NotRequired[list[UntouchedRecord]]
+
+
 _PAST = {
     "verify": "verified",
     "approve": "approved",
@@ -387,14 +458,14 @@ class DsrService:
             updated = self._fetch(conn, request_id)
         return self._render(updated)
 
-    def preview(self, caller: Caller, request_id: str) -> dict[str, Any]:
+    def preview(self, caller: Caller, request_id: str) -> DsrPreview:
         """A dry run: what would be exported, or erased and kept (and why), right now."""
         region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
         policy = self._gate.allow(caller, region, "dsr", "read", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
             stored = self._fetch(conn, request_id)
             found = discover(conn, stored["subject_ids"])
-            preview: dict[str, Any] = {
+            preview: DsrPreview = {
                 "request_id": request_id,
                 "type": stored["type"],
                 "subjects": found.subjects,
@@ -453,7 +524,7 @@ class DsrService:
             )
         return data, str(found["sha256"])
 
-    def certificate(self, caller: Caller, request_id: str) -> dict[str, Any]:
+    def certificate(self, caller: Caller, request_id: str) -> SignedCertificate:
         region = self._gate.route(caller, request_id, REQUEST_PREFIX, "request")
         policy = self._gate.allow(caller, region, "dsr", "download", [request_id])
         with self._regions.get(region).transaction(write=True) as conn:
@@ -464,7 +535,7 @@ class DsrService:
             if found is None:
                 raise Conflict(f"no certificate yet; the request is {stored['status']}")
             self._gate.audit(conn, caller, region, policy, "dsr.erasure.certificate", [request_id])
-        document: dict[str, Any] = json.loads(found["body"])
+        document: SignedCertificate = json.loads(found["body"])
         return document
 
     def _fetch(self, conn: Connection, request_id: str, *, lock: bool = False) -> dict[str, Any]:
@@ -474,37 +545,10 @@ class DsrService:
         return stored
 
     def _render(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        """A request as the API shows it: its `SHOWN_COLUMNS`, then `extended` and the
+        deadline flags (`/openapi.json`'s `DsrRequest` is made from the same columns)."""
         now = self._clock.now()
-        shown = {
-            key: to_json_value(stored[key])
-            for key in (
-                "id",
-                "region",
-                "type",
-                "regime",
-                "status",
-                "subject_ids",
-                "identified_by",
-                "verification",
-                "verification_method",
-                "verified_by",
-                "verified_at",
-                "received_at",
-                "due_at",
-                "extension_reason",
-                "created_by",
-                "approved_by",
-                "approved_at",
-                "started_at",
-                "completed_at",
-                "rejection_reason",
-                "step",
-                "progress",
-                "result",
-                "error",
-                "policy_version",
-            )
-        }
+        shown = {key: to_json_value(stored[key]) for key in SHOWN_COLUMNS}
         shown["extended"] = bool(stored["extended"])
         shown["overdue"] = stored["status"] not in FINAL and stored["due_at"] < now
         shown["due_soon"] = (

@@ -12,7 +12,9 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NotRequired
+
+from typing_extensions import TypedDict
 
 from bastion.audit import AuditLog
 from bastion.audit.chain import head
@@ -32,9 +34,29 @@ from bastion.principals.caller import Caller
 from bastion.principals.tokens import Principal
 from bastion.quality.merge_repository import finalize_for_subjects
 from bastion.residency.databases import Database, Regions
+from bastion.wire import Timestamp, extensible
 
 SYSTEM_ROLE = "dsr_processor"
 _BATCH = 500
+
+
+@extensible
+class DsrResult(TypedDict):
+    """What a completed request did: records found per entity and relation, then for
+    an erasure what was erased, pseudonymised and kept (and why), for an access or
+    export request its package, for a rectification the fields it changed."""
+
+    counts: dict[str, dict[str, int]]
+    erased: NotRequired[int]
+    pseudonymised: NotRequired[int]
+    kept: NotRequired[list[erasure.KeptRecord]]
+    keys_destroyed: NotRequired[int]
+    sha256: NotRequired[str]
+    bytes: NotRequired[int]
+    expires_at: NotRequired[Timestamp]
+    """When the package is destroyed."""
+    changed: NotRequired[list[str]]
+    """The fields a rectification changed (those already right are not)."""
 
 
 def system_caller(regions: tuple[str, ...]) -> Caller:
@@ -232,7 +254,7 @@ class Steps:
                     erased.setdefault(decision.entity, []).append(decision.record_id)
                 elif decision.action == "pseudonymise":
                     pseudonymised.setdefault(decision.entity, []).append(decision.record_id)
-            body = {
+            body: certificate.ErasureCertificateBody = {
                 "format": certificate.FORMAT,
                 "request_id": request["id"],
                 "region": region,
@@ -244,16 +266,7 @@ class Steps:
                 "policy_version": self._policy().version,
                 "erased": {k: sorted(v) for k, v in sorted(erased.items())},
                 "pseudonymised": {k: sorted(v) for k, v in sorted(pseudonymised.items())},
-                "kept": [
-                    {
-                        "entity": d.entity,
-                        "record_id": d.record_id,
-                        "reason_code": d.reason_code,
-                        "reason": d.reason,
-                    }
-                    for d in decisions
-                    if d.action == "keep"
-                ],
+                "kept": [d.kept_record() for d in decisions if d.action == "keep"],
                 "keys_destroyed": done["shred"]["keys_destroyed"],
                 "indexes_cleared": done["erase"]["indexes_cleared"],
                 "audit": {"chain": region, "head_seq": top.seq, "head_hash": top.hash.hex()},
@@ -307,25 +320,23 @@ class Steps:
     ) -> dict[str, Any]:
         region = database.name
         now = self._clock.now()
-        result: dict[str, Any] = {"counts": done["discover"]["counts"]}
+        result: DsrResult = {"counts": done["discover"]["counts"]}
         status = "completed"
         if request["type"] == "erasure":
-            decisions = done["discover"]["decisions"]
-            kept = [d for d in decisions if d["action"] == "keep"]
-            result |= {
-                "erased": sum(1 for d in decisions if d["action"] in ("shell", "delete")),
-                "pseudonymised": sum(1 for d in decisions if d["action"] == "pseudonymise"),
-                "kept": [
-                    {k: d[k] for k in ("entity", "record_id", "reason_code", "reason")}
-                    for d in kept
-                ],
-                "keys_destroyed": done["shred"]["keys_destroyed"],
-            }
+            decisions = [erasure.Decision.from_dict(d) for d in done["discover"]["decisions"]]
+            kept = [d.kept_record() for d in decisions if d.action == "keep"]
+            result["erased"] = sum(1 for d in decisions if d.action in ("shell", "delete"))
+            result["pseudonymised"] = sum(1 for d in decisions if d.action == "pseudonymise")
+            result["kept"] = kept
+            result["keys_destroyed"] = done["shred"]["keys_destroyed"]
             status = "partially_completed" if kept else "completed"
         elif request["type"] in ("access", "export"):
-            result |= {k: done["package"][k] for k in ("sha256", "bytes", "expires_at")}
+            package = done["package"]
+            result["sha256"] = package["sha256"]
+            result["bytes"] = package["bytes"]
+            result["expires_at"] = package["expires_at"]
         else:
-            result |= {"changed": done["rectify"]["changed"]}
+            result["changed"] = done["rectify"]["changed"]
         with database.transaction(write=True) as conn:
             # Recorded while the lease is still ours; then the request lets it go.
             details = self._journal.complete(conn, region, request, "finish", {"status": status})

@@ -14,23 +14,58 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from typing_extensions import TypedDict
+
 from bastion.policy.conditions import RecordFacts, scope_covers
 from bastion.policy.engine import Policy
-from bastion.policy.rules import FIELD_ACTIONS, EntityRule, FieldAction, FieldRule
+from bastion.policy.rules import FIELD_ACTIONS, Effect, EntityRule, FieldAction, FieldRule
+from bastion.wire import closed
 
 
 class ExplainError(ValueError):
     """The question does not name a known role, region, entity, field or action."""
 
 
+@closed
+class PolicyRuleMatch(TypedDict):
+    """A policy line that matched a question."""
+
+    line: str
+    """file:line"""
+    text: str
+    effect: Effect
+    role: str
+    """The role (one of those asked about, or one they inherit) the line is for."""
+
+
+@closed
+class PolicyExplanation(TypedDict):
+    """A decision, the policy lines behind it, and both engines' answers (which must
+    agree: `consistent`)."""
+
+    decision: Effect
+    roles: list[str]
+    region: str
+    target: str
+    action: str
+    reason: str
+    scope: str | None
+    rules: list[PolicyRuleMatch]
+    entity_rules: list[PolicyRuleMatch]
+    casbin: Effect
+    index: Effect
+    consistent: bool
+    policy_version: str
+
+
 @dataclass(frozen=True, slots=True)
 class MatchedRule:
     line: str  # file:line
     text: str
-    effect: str
+    effect: Effect
     role: str  # the role (one of the principal's, or one they inherit) the line is for
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> PolicyRuleMatch:
         return {"line": self.line, "text": self.text, "effect": self.effect, "role": self.role}
 
 
@@ -54,7 +89,7 @@ class Explanation:
     def consistent(self) -> bool:
         return self.casbin == self.index
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> PolicyExplanation:
         return {
             "decision": "allow" if self.allowed else "deny",
             "roles": list(self.roles),

@@ -32,6 +32,8 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
+from typing_extensions import TypedDict
+
 from bastion.policy.conditions import WHOLE_REGION, Clause
 from bastion.policy.engine import Policy, PolicySource, build_policy
 from bastion.policy.resources import ANALYTICS_ENTITY, SYSTEM_RESOURCES
@@ -44,8 +46,20 @@ from bastion.policy.rules import (
     Line,
     PolicyError,
 )
+from bastion.wire import closed
 
 Severity = Literal["error", "warning"]
+
+
+@closed
+class PolicyFinding(TypedDict):
+    """Something `bastion policy lint` says about the policy."""
+
+    severity: Severity
+    code: str
+    message: str
+    line: str | None
+    """file:line, if the finding is about one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +73,7 @@ class Finding:
         where = f"{self.line}: " if self.line is not None else ""
         return f"{where}{self.severity}: [{self.code}] {self.message}"
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> PolicyFinding:
         return {
             "severity": self.severity,
             "code": self.code,

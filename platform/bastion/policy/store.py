@@ -27,6 +27,7 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy import Connection, insert, select, update
+from typing_extensions import TypedDict
 
 from bastion.audit import AuditEvent, append
 from bastion.clock import Clock
@@ -34,9 +35,24 @@ from bastion.errors import RegionUnavailable
 from bastion.policy.engine import Policy, PolicySource
 from bastion.policy.tables import policy_active, policy_changes, policy_versions
 from bastion.residency.databases import Database
+from bastion.wire import Timestamp, closed
 
 log = structlog.get_logger("bastion.policy")
 _ACTIVE_ID = 1
+
+
+@closed
+class PolicyActivation(TypedDict):
+    """A policy version made active: when, by whom, why, and what changed."""
+
+    changed_at: Timestamp
+    actor: str
+    old_version: str | None
+    """Null for the first version ever activated."""
+    new_version: str
+    reason: str
+    diff: str
+    """A unified diff of model.conf and policy.csv."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +64,7 @@ class PolicyChange:
     reason: str
     diff: str
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> PolicyActivation:
         return {
             "changed_at": self.changed_at.isoformat().replace("+00:00", "Z"),
             "actor": self.actor,
