@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -56,6 +56,15 @@ class IssuedToken:
     token_id: str
     secret: str
     principal: Principal
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A live token as presented: whose it is, its public id, when it expires."""
+
+    principal: Principal
+    token_id: str
     expires_at: datetime | None
 
 
@@ -152,6 +161,11 @@ class TokenService:
 
     def authenticate(self, presented: str) -> Principal:
         """The principal a bearer token belongs to; `Unauthenticated` if none."""
+        return self.identify(presented).principal
+
+    def identify(self, presented: str) -> Presented:
+        """The principal a bearer token belongs to, and which token it is (the console
+        ties a session to it); `Unauthenticated` if the token is not a live one."""
         match = _TOKEN_RE.fullmatch(presented)
         if match is None:
             raise Unauthenticated(_BAD_TOKEN)
@@ -174,13 +188,7 @@ class TokenService:
             raise Unauthenticated(_BAD_TOKEN)
         if row.expires_at is not None and row.expires_at <= self._clock.now():
             raise Unauthenticated(_BAD_TOKEN)
-        return Principal(
-            id=row.id,
-            name=row.name,
-            roles=frozenset(row.roles),
-            regions=tuple(r for r in row.regions if r in self._known_regions),
-            teams=tuple(row.teams),
-        )
+        return Presented(self.principal_of(row), token_id, row.expires_at)
 
     def principal(self, name: str) -> Principal:
         """The principal called `name` (for CLI commands that act as a person);
@@ -191,6 +199,10 @@ class TokenService:
             raise NotFound(f"no principal is called {name!r}")
         if row.disabled:
             raise Unauthenticated(f"principal {name!r} is disabled")
+        return self.principal_of(row)
+
+    def principal_of(self, row: Any) -> Principal:
+        """A `principals` row as a `Principal`, keeping only regions still configured."""
         return Principal(
             id=row.id,
             name=row.name,
