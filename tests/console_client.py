@@ -30,6 +30,7 @@ class Person:
         # https: the session cookie is `Secure`, so a client sends it over https only.
         self.http = TestClient(app, base_url="https://testserver", client=client)
         self.csrf = ""
+        self.token = ""
 
     def log_in(self, token: str, *, expect: int = 303) -> httpx2.Response:
         form = self.http.get("/console/login", headers=HTML)
@@ -42,6 +43,7 @@ class Person:
         )
         assert response.status_code == expect, response.text
         if expect == 303:
+            self.token = token
             self.csrf = csrf_of(self.page("/console/").text)
         return response
 
