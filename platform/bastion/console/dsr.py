@@ -18,20 +18,9 @@ from starlette.routing import Route
 
 from bastion.console.pages import PATH, Visit, page
 from bastion.dsr.certificate import as_text
-from bastion.dsr.model import FINAL, REGIMES, STEPS, TYPES
+from bastion.dsr.model import FINAL, REGIMES, STATUSES, STEPS, TYPES
 from bastion.errors import FieldError, ValidationFailed
 
-STATUSES = (
-    "received",
-    "verified",
-    "approved",
-    "running",
-    "completed",
-    "partially_completed",
-    "failed",
-    "rejected",
-    "cancelled",
-)
 VERIFICATION_METHODS = (
     ("id-document", "Identity document checked"),
     ("email-confirmation", "Confirmed from the email address on record"),
