@@ -113,7 +113,7 @@ def main() -> int:
                 shoot(driver, site, "/console/dsr", "dsr-queue")
                 shoot(driver, site, f"/console/dsr/{tokens['overdue']}", "dsr-request")
                 shoot(driver, site, f"/console/dsr/{tokens['erasure']}/preview", "dsr-preview")
-                shoot(driver, site, "/console/audit?action=record.read", "audit-events")
+                shoot(driver, site, "/console/audit", "audit-events")
                 shoot(
                     driver,
                     site,

@@ -167,6 +167,7 @@ def log_in(driver: WebDriver, site: ConsoleSite, token: str) -> None:
     from selenium.webdriver.common.by import By
 
     driver.get(f"{site.base_url}/console/login")
+    wait_for(lambda: bool(driver.find_elements(By.ID, "token")), what="the login form")
     field = driver.find_element(By.ID, "token")
     field.send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "form[action='/console/login'] button").click()

@@ -76,6 +76,11 @@ def _seed(site: ConsoleSite, facts: dict[str, str]) -> None:
         )["id"]
 
 
+def shows(browser: Any, text: str) -> None:
+    """Wait for the page the last click led to (a click does not wait for it)."""
+    wait_for(lambda: text in browser.page_source, what=repr(text))
+
+
 @pytest.fixture(scope="module")
 def site() -> Iterator[tuple[ConsoleSite, dict[str, str]]]:
     facts: dict[str, str] = {}
@@ -102,20 +107,23 @@ def test_an_officer_finds_previews_approves_and_downloads_an_overdue_request(
     request_id = facts["overdue"]
     log_in(browser, served, facts["officer"])
     browser.find_element(By.LINK_TEXT, "Requests").click()
+    shows(browser, "Requests by deadline, earliest first")
     overdue_row = browser.find_element(By.CSS_SELECTOR, "tr.is-overdue")
     assert request_id in overdue_row.text
     assert "Overdue" in overdue_row.text
     overdue_row.find_element(By.LINK_TEXT, request_id).click()
+    shows(browser, "Preview (dry run)")
 
     browser.find_element(By.PARTIAL_LINK_TEXT, "Preview (dry run)").click()
-    assert "What was found" in browser.page_source
+    shows(browser, "What was found")
     assert facts["contact"] in browser.page_source
     assert "birthdate" in browser.find_element(By.TAG_NAME, "table").text
     browser.find_element(By.LINK_TEXT, "Back to the request").click()
+    shows(browser, "Record identity as verified")
 
     Select(browser.find_element(By.ID, "method")).select_by_value("id-document")
     browser.find_element(By.XPATH, "//button[text()='Record identity as verified']").click()
-    assert "identity is recorded as verified" in browser.page_source
+    shows(browser, "identity is recorded as verified")
     browser.find_element(By.XPATH, "//button[text()='Approve and run']").click()
     # The job runs in the server; the page's script follows it and reloads when done.
     wait_for(
@@ -168,8 +176,8 @@ def test_a_support_agent_never_gets_withheld_values_and_forms_need_their_token(
     email.clear()
     email.send_keys("forged@example.com")
     browser.find_element(By.XPATH, "//button[text()='Save']").click()
+    shows(browser, "security token")
     assert "Form refused" in browser.title
-    assert "security token" in browser.page_source
     browser.get(f"{served.base_url}/console/records/contacts/{facts['contact']}")
     assert "forged@example.com" not in browser.page_source
     assert "ida.vogel@example.com" in browser.page_source

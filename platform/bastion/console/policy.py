@@ -26,9 +26,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.console.pages import Visit, page
-from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX, SYSTEM_FIELDS, EntitySpec
+from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX, EntitySpec
 from bastion.errors import FieldError, Forbidden, NotFound, ValidationFailed
 from bastion.policy.cases import CaseError, load_checks, run_checks
+from bastion.policy.compiled import FieldAccess
 from bastion.policy.conditions import ConditionError, RecordFacts, record_facts
 from bastion.policy.diff import access_text, diff
 from bastion.policy.engine import Policy, build_policy
@@ -182,27 +183,14 @@ def _as_role(
     scope = policy.scope(roles, region, spec.name, "read")
     mask = policy.mask(roles, region, spec.name, "read")
     visible = {name for name in record if name in {f.name for f in spec.fields}}
-    needed = {
-        name
-        for access in mask.conditional.values()
-        for condition in (*access.allows, *access.denies)
-        if condition is not None
-        for name in condition.fields
-    }
+    needed = set().union(*(_condition_fields(a) for a in mask.conditional.values()))
     known = {name: record[name] for name in needed & visible}
     facts = _facts(spec.name, known, owner, team)
     erased, restricted = set(record.get("_erased", ())), set(record.get("_restricted", ()))
     fields = []
     for f in spec.fields:
         access = mask.conditional.get(f.name)
-        blind = (
-            sorted(
-                {n for c in (*access.allows, *access.denies) if c is not None for n in c.fields}
-                - visible
-            )
-            if access is not None
-            else []
-        )
+        blind = sorted(_condition_fields(access) - visible) if access is not None else []
         if f.name in erased or f.name in restricted:
             verdict = "erased" if f.name in erased else "restricted"
             fields.append(SeenField(f.name, verdict, "", False, None))
@@ -219,8 +207,12 @@ def _as_role(
         "covered": scope.covers(facts.scopes),
         "scope": scope.describe(),
         "seen": fields,
-        "system_fields": SYSTEM_FIELDS,
     }
+
+
+def _condition_fields(access: FieldAccess) -> set[str]:
+    """The fields the conditions of a field's rules look at."""
+    return {n for c in (*access.allows, *access.denies) if c is not None for n in c.fields}
 
 
 def _facts(entity: str, values: dict[str, Any], owner: str, team: str) -> RecordFacts:

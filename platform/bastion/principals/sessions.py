@@ -3,8 +3,9 @@
 A person logs in to the console with their token once; the console then holds a
 session for them instead of the token, so the token never sits in a browser. The
 session's secret (256 random bits, 43 base64url characters) is the cookie's value
-and its only copy; the control database stores its SHA-256, compared in constant
-time by the lookup, with a public handle (`ses_…`) that audit events name.
+and its only copy; the control database stores its SHA-256, which is what a lookup
+uses (timing that reveals how much of a stored hash matched says nothing about a
+256-bit secret), and a public handle (`ses_…`) that audit events name.
 
 A session ends at logout, after `idle` without a request, at `created + lifetime`,
 at the token's own expiry, and as soon as its token is revoked or its principal
@@ -141,7 +142,8 @@ class SessionService:
                 select(
                     console_sessions.c.id.label("session_id"),
                     console_sessions.c.token_id,
-                    console_sessions.c.created_at,
+                    # `principals` has a created_at of its own.
+                    console_sessions.c.created_at.label("session_created_at"),
                     console_sessions.c.last_seen_at,
                     console_sessions.c.expires_at,
                     api_tokens.c.revoked_at,
@@ -158,7 +160,7 @@ class SessionService:
             id=row.session_id,
             principal=self._tokens.principal_of(row),
             token_id=row.token_id,
-            created_at=row.created_at,
+            created_at=row.session_created_at,
             last_seen_at=row.last_seen_at,
             expires_at=row.expires_at,
         )
