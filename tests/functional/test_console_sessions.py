@@ -167,6 +167,11 @@ def test_the_login_form_needs_its_own_csrf_token(state: State, app: Any) -> None
         refused = someone.http.post("/console/login", data=data, headers=HTML)
         assert refused.status_code == 403, refused.text
         assert "security token" in refused.text
+    # Without the form's cookie (never shown the form, or it expired): refused too.
+    cold = Person(app)
+    expired = cold.http.post("/console/login", data={"token": issued.secret, "csrf_token": good})
+    assert expired.status_code == 403
+    assert "expired" in expired.json()["detail"]
     # The right token from another browser's form does not fit this browser's cookie.
     other = Person(app)
     other.page("/console/login")

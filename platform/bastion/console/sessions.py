@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from bastion.api.auth import state_of
-from bastion.console.csrf import FIELD
+from bastion.console.csrf import FIELD, CsrfRefused
 from bastion.console.forms import read_form
 from bastion.console.pages import (
     COOKIE,
@@ -46,11 +46,17 @@ _REASONS = {
 async def login(request: Request) -> Response:
     console = console_of(request)
     if request.method == "GET":
-        return secured(_form(console, request, status=200, error=None))
+        return secured(
+            _form(console, request, request.query_params.get("next"), status=200, error=None)
+        )
     try:
         form = await read_form(request)
-        console.csrf.check(request, "login", request.cookies.get(LOGIN_COOKIE, ""), form.get(FIELD))
+        nonce = request.cookies.get(LOGIN_COOKIE)
+        if not nonce:
+            raise CsrfRefused("the login form has expired; reload the page and log in again")
+        console.csrf.check(request, "login", nonce, form.get(FIELD))
         token = form.text("token", max_length=200)
+        next_path = form.get("next")
         assert token is not None
     except BastionError as exc:
         return secured(console.error(request, exc, None))
@@ -63,6 +69,7 @@ async def login(request: Request) -> Response:
             _form(
                 console,
                 request,
+                next_path,
                 status=401,
                 error="That token is invalid, expired or revoked.",
             )
@@ -70,7 +77,7 @@ async def login(request: Request) -> Response:
     previous = request.cookies.get(COOKIE)
     if previous:
         await run_in_threadpool(state.sessions.close, previous, client_address=client)
-    response = RedirectResponse(safe_next(form.get("next")), status_code=303)
+    response = RedirectResponse(safe_next(next_path), status_code=303)
     console.set_cookie(
         response,
         request,
@@ -83,8 +90,11 @@ async def login(request: Request) -> Response:
     return secured(response)
 
 
-def _form(console: Console, request: Request, *, status: int, error: str | None) -> Response:
-    """The login page, with a fresh login-form token and its cookie."""
+def _form(
+    console: Console, request: Request, next_path: str | None, *, status: int, error: str | None
+) -> Response:
+    """The login page (going on to `next_path` after), with a fresh login-form token
+    and its cookie."""
     nonce = secrets.token_urlsafe(32)
     reason = request.query_params.get("reason")
     response = console.render(
@@ -94,7 +104,7 @@ def _form(console: Console, request: Request, *, status: int, error: str | None)
             "principal": None,
             "nav": None,
             "csrf_token": console.csrf.token("login", nonce),
-            "next": safe_next(request.query_params.get("next")),
+            "next": safe_next(next_path),
             "notice": _REASONS.get(reason or ""),
             "error": error,
         },
