@@ -448,6 +448,10 @@ def test_editing_a_record_goes_through_the_pipeline_with_if_match(
     forbidden = agent.post(path, {"version": "2", "f.first_name": "Mallory"}, status=403)
     assert "first_name" in forbidden.text
     invalid = agent.post(path, {"version": "2", "f.email": "not an email"}, status=422)
+    assert 'name="version" value="2"' in invalid.text
+    # A form made from an old version keeps it through a correction: saving it is 412.
+    old_form = agent.post(path, {"version": "1", "f.email": "not an email"}, status=422)
+    assert 'name="version" value="1"' in old_form.text
     assert 'id="err-email"' in invalid.text
     assert 'aria-invalid="true"' in invalid.text
     agent.post(path, {"version": "two", "f.email": "x@example.com"}, status=422)

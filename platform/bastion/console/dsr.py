@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from bastion.console.pages import PATH, Visit, page
 from bastion.dsr.certificate import as_text
-from bastion.dsr.model import FINAL, REGIMES, STATUSES, STEPS, TYPES
+from bastion.dsr.model import FINAL, FOUR_EYES, REGIMES, STATUSES, STEPS, TYPES
 from bastion.errors import FieldError, ValidationFailed
 
 VERIFICATION_METHODS = (
@@ -70,7 +70,8 @@ async def queue(visit: Visit) -> Response:
         pages=visit.pager(filters, result["next_cursor"]),
         filters=filters,
         statuses=STATUSES,
-        types=TYPES,
+        # A rectification carries the corrected values: recorded through the API or CLI.
+        types=tuple(t for t in TYPES if t != "rectification"),
         regimes=REGIMES,
         due_soon_days=visit.state.settings.dsr.due_soon_days,
         notice=None,
@@ -112,8 +113,7 @@ async def request_page(visit: Visit) -> Response:
         methods=VERIFICATION_METHODS,
         notice=_NOTICES.get(visit.param("done") or ""),
         four_eyes_blocked=(
-            record["type"] in ("erasure", "rectification")
-            and record["created_by"] == visit.principal.id
+            record["type"] in FOUR_EYES and record["created_by"] == visit.principal.id
         ),
     )
 

@@ -113,6 +113,7 @@ def _render_record(
     notice: str | None = None,
     errors: dict[str, str] | None = None,
     submitted: dict[str, str] | None = None,
+    version: int | None = None,
     status: int = 200,
 ) -> Response:
     region = str(record["region"])
@@ -134,6 +135,7 @@ def _render_record(
         notice=notice,
         errors=errors or {},
         submitted=submitted or {},
+        version=record["version"] if version is None else version,
         shown=shown_value,
         prefix=FIELD_PREFIX,
     )
@@ -175,8 +177,16 @@ async def save(visit: Visit) -> Response:
         )
     except ValidationFailed as exc:
         errors = {e.field: e.message for e in exc.errors} or {"(form)": exc.detail}
+        # The form keeps the version it was made from: fixing the input and saving
+        # again must not overwrite what someone else saved meanwhile (412 instead).
         return _render_record(
-            visit, spec, current, errors=errors, submitted=submitted, status=exc.status
+            visit,
+            spec,
+            current,
+            errors=errors,
+            submitted=submitted,
+            version=int(version),
+            status=exc.status,
         )
     return visit.redirect(f"{PATH}/records/{spec.name}/{record_id}", done="saved")
 
