@@ -104,6 +104,7 @@ def create_engine_like_bastion(url: str, pool_size: int, timeout: int = 3) -> En
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={timeout * 1000}")
         cursor.close()

@@ -12,7 +12,9 @@ In process, on SQLite and (when reachable) PostgreSQL, with a fresh deployment e
   indexes, no dedup, no audit;
 - Bastion: `Importer.run` as `bastion import` runs it (policy per row, validation,
   a data key per contact, sealed fields, blind indexes, dedup, the report, one audit
-  event per batch), then the same file again (it must create nothing).
+  event per batch), then the same file again (it must create nothing);
+- Bastion again, into a fresh deployment, with the rows prepared in the importing
+  process instead of a helper process (`[imports] helper_process = false`).
 
 Prints rows/s of each, the ratio, the report's counts against the planted ones, and
 how much the process's resident memory grew during the import, sampled (the import
@@ -195,6 +197,23 @@ def report(backend: str, rows: int, work: Path) -> None:
         print(
             f"same file again:              {rerun:7.1f} s  {rows / rerun:9,.0f} rows/s  "
             f"(created {again.created:,}, skipped {again.skipped:,})"
+        )
+    # The same import with its rows prepared in the importing process (no helper
+    # process, `[imports] helper_process = false`), into a fresh deployment: what the
+    # helper buys depends on a core being free for it.
+    (work / "inline").mkdir()
+    with deployment(backend, work / "inline", {"BASTION_IMPORTS_HELPER_PROCESS": "false"}) as state:
+        issued = state.tokens.issue(principal_name="importer", roles=["admin"], regions=["eu"])
+        started = time.perf_counter()
+        with path.open("rb") as source:
+            inline = state.imports.run(
+                Caller(issued.principal), "contacts", source, region="eu", mapping=mapping
+            )
+        inline_seconds = time.perf_counter() - started
+        assert inline.created == run.created
+        print(
+            f"without the helper process:   {inline_seconds:7.1f} s  "
+            f"{rows / inline_seconds:9,.0f} rows/s  (rows prepared in the importing process)"
         )
     print(
         f"report: invalid rows {run.invalid:,} (planted {invalid:,}); duplicates "

@@ -102,13 +102,17 @@ def per_call(function: Callable[[], object], *, seconds: float) -> float:
 
 
 @contextmanager
-def deployment(backend: str, workdir: Path) -> Iterator[State]:
+def deployment(
+    backend: str, workdir: Path, settings_env: Mapping[str, str] | None = None
+) -> Iterator[State]:
+    """A fresh deployment on `backend` (`settings_env`: more BASTION_* settings)."""
     environ = {
         "BASTION_HOME": str(workdir),
         "BASTION_CONFIG": str(workdir / "empty.toml"),
         "BASTION_POLICIES": str(POLICIES),
         "BASTION_LOG_LEVEL": "error",
         "BASTION_SECRET_KEY": "benchmark-secret-0123456789abcdef0123456789",
+        **(settings_env or {}),
     }
     (workdir / "empty.toml").write_text("")
     dropped: list[str] = []

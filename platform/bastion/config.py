@@ -74,6 +74,11 @@ class Settings(BaseModel):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     # How often each worker checks the control database for a newly activated policy.
     policy_poll_seconds: float = Field(default=2.0, ge=0.1, le=3600)
+    # How long a worker may go on accepting a token it checked in the control database
+    # without checking again: a revocation, expiry of the principal's roles or a
+    # disabled principal reaches other workers within this time (at once in the
+    # worker that made the change). 0 checks every request.
+    token_cache_seconds: float = Field(default=2.0, ge=0, le=300)
     keys: KeySettings = Field(default_factory=KeySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     dsr: DsrSettings = Field(default_factory=DsrSettings)
@@ -119,6 +124,7 @@ class _FileConfig(BaseModel):
     db_statement_timeout_ms: int | None = None
     db_pool_size: int | None = None
     policy_poll_seconds: float | None = None
+    token_cache_seconds: float | None = None
     control: dict[str, str] | None = None
     regions: dict[str, dict[str, str]] | None = None
     keys: dict[str, Any] | None = None
@@ -250,13 +256,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         "db_statement_timeout_ms",
         "db_pool_size",
         "policy_poll_seconds",
+        "token_cache_seconds",
     ):
         raw = env.get(f"BASTION_{key.upper()}")
         if raw is not None:
+            fractional = key.endswith("_seconds")
             try:
-                values[key] = float(raw) if key == "policy_poll_seconds" else int(raw)
+                values[key] = float(raw) if fractional else int(raw)
             except ValueError:
-                kind = "a number" if key == "policy_poll_seconds" else "an integer"
+                kind = "a number" if fractional else "an integer"
                 raise ConfigError(f"BASTION_{key.upper()} must be {kind}") from None
         elif getattr(file, key) is not None:
             values[key] = getattr(file, key)

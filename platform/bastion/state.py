@@ -75,6 +75,7 @@ class State:
             self.clock,
             known_roles=self.policy.roles,
             known_regions=self.regions.names,
+            cache_ttl=timedelta(seconds=self.settings.token_cache_seconds),
         )
         self.sessions = SessionService(
             self.control,

@@ -353,6 +353,9 @@ def test_non_integer_environment_numbers_are_refused(
         ("BASTION_LOG_FORMAT", "xml", "log_format"),
         ("BASTION_MODE", "staging", "mode"),
         ("BASTION_DEFAULT_REGION", "ap", "default_region"),
+        ("BASTION_TOKEN_CACHE_SECONDS", "-1", "token_cache_seconds"),
+        ("BASTION_TOKEN_CACHE_SECONDS", "301", "token_cache_seconds"),
+        ("BASTION_TOKEN_CACHE_SECONDS", "soon", "BASTION_TOKEN_CACHE_SECONDS"),
     ],
 )
 def test_out_of_range_values_name_the_setting(
@@ -375,6 +378,15 @@ def test_configured_numbers_at_their_bounds(tmp_path: Path, config_file: Path) -
         60,
         1,
     )
+
+
+def test_the_token_cache_is_two_seconds_unless_configured(
+    tmp_path: Path, config_file: Path
+) -> None:
+    assert _load(tmp_path, config_file).token_cache_seconds == 2.0
+    assert _load(tmp_path, config_file, BASTION_TOKEN_CACHE_SECONDS="0").token_cache_seconds == 0
+    config_file.write_text(f'secret_key = "{SECRET}"\ntoken_cache_seconds = 0.5\n')
+    assert load_settings({"BASTION_CONFIG": str(config_file)}).token_cache_seconds == 0.5
 
 
 # --- redaction -----------------------------------------------------------------------

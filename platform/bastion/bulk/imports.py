@@ -5,9 +5,11 @@
 
 1. authorize — the `import` action on the entity in the region, and `create`: every row
    is a create and passes the create's checks (fields it may write, validation, its
-   create scope), as `RecordService.new_values` runs them for one record.
+   create scope), as `crm.service.new_values` runs them for one record.
 2. read — the file is hashed and checked to be UTF-8 before anything is written, then
-   streamed through `csv.reader`: memory holds one batch, whatever the file's size.
+   streamed through `csv.reader`: memory holds two batches (the one being written and
+   the next, being prepared: `bulk.preparation`, in a helper process for large files),
+   whatever the file's size.
    The header meets the mapping (`bulk.mapping`); every mapping problem is answered at
    once, before any row.
 3. batches — `[imports] batch_size` rows per transaction in the region's database. A
@@ -35,12 +37,10 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import hmac
 import io
-import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import IO, Any
 
@@ -50,14 +50,15 @@ from sqlalchemy.exc import DBAPIError
 
 from bastion.analytics import stages
 from bastion.bulk.mapping import ColumnPlan, ImportMapping, plan_columns
+from bastion.bulk.preparation import Preparation, PreparedRow, PreparerRecipe, RowPreparer
 from bastion.bulk.settings import ImportSettings
 from bastion.bulk.tables import import_problems, import_rows, imports
 from bastion.crm import dedup, repository
-from bastion.crm.access import Access, FieldsForbidden
+from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
 from bastion.crm.codec import from_plaintext
 from bastion.crm.cursors import CursorCodec, Position
-from bastion.crm.pipeline import Values, entity_spec
+from bastion.crm.pipeline import entity_spec
 from bastion.crm.schemas import validate_patch
 from bastion.crm.service import RecordService
 from bastion.crm.tables import ENTITY_TABLES
@@ -67,7 +68,6 @@ from bastion.errors import (
     BastionError,
     Conflict,
     FieldError,
-    Forbidden,
     NotFound,
     ValidationFailed,
 )
@@ -168,17 +168,6 @@ class _Counts:
     skipped: int = 0
 
 
-@dataclass(slots=True)
-class _Row:
-    """One data row on its way through a batch."""
-
-    number: int
-    values: Values | None = None
-    key: str = ""
-    errors: list[FieldError] = field(default_factory=list)
-    indexes: dict[str, bytes] = field(default_factory=dict)  # blind indexes computed so far
-
-
 @dataclass(frozen=True, slots=True)
 class _Job:
     """What every batch of one run shares."""
@@ -190,6 +179,7 @@ class _Job:
     create_scope: RowScope
     plan: ColumnPlan
     run_id: str
+    preparer: RowPreparer
 
 
 class Importer:
@@ -208,7 +198,7 @@ class Importer:
         # Crash tests: `import:batch` exits the process, as if killed, after a batch commits.
         self._failpoint = failpoint
         # `secret` is derived for this purpose alone (State: "bastion import row key v1").
-        self._row_key = hmac.new(secret, digestmod="sha256")
+        self._secret = secret
 
     # -- running -------------------------------------------------------------------
 
@@ -243,7 +233,8 @@ class Importer:
             access.require_writable(chosen, spec, plan.fields)
             _check_defaults(spec, plan)
         run, resumed = self._start(caller, access, spec, chosen, digest, plan, file_name)
-        job = _Job(caller, access, spec, chosen, create_scope, plan, run.id)
+        preparer = RowPreparer(access, chosen, create_scope, plan, self._secret)
+        job = _Job(caller, access, spec, chosen, create_scope, plan, run.id, preparer)
         try:
             rows_done = self._rows(job, reader, source, run.rows_done, progress)
         except BastionError as exc:
@@ -263,40 +254,70 @@ class Importer:
         progress: Progress | None,
     ) -> int:
         """Read, batch and import every data row after the first `done`; the last row
-        number handled (data rows, header excluded)."""
+        number handled (data rows, header excluded). Batches are written one after
+        another, in file order; a large file's next batch is prepared meanwhile, in a
+        helper process (`bulk.preparation`)."""
         batch: list[tuple[int, list[str]]] = []
         index = batches = 0
-        while True:
-            try:
-                cells = next(reader, None)
-            except csv.Error as exc:
-                if batch:
-                    self._batch(job, batch, index)
-                raise ImportFailed(
-                    f"the file is not valid CSV at row {index + 2}: {exc}; the rows before it "
-                    "are imported, and importing the corrected file skips them",
-                    job.run_id,
-                    [FieldError("file", f"row {index + 2}: {exc}")],
-                ) from None
-            if cells is None:
-                break
-            index += 1
-            if index <= done or not any(cell.strip() for cell in cells):
-                continue  # handled by an earlier run of this import, or a blank line
-            batch.append((index + 1, cells))
-            if len(batch) >= self._settings.batch_size:
-                self._batch(job, batch, index)
-                batch = []
+
+        def write(prepared: Iterator[tuple[list[PreparedRow], int]]) -> None:
+            nonlocal batches
+            for rows, rows_done in prepared:
+                self._batch(job, rows, rows_done)
                 batches += 1
                 if batches & (batches - 1) == 0:  # 1, 2, 4, 8, ... batches in
                     self._refresh_statistics(job)
                 if progress is not None:
                     progress(source.tell())
-        if batch:
-            self._batch(job, batch, index)
+
+        with Preparation(job.preparer, self._helper_recipe(job, source)) as preparation:
+            while True:
+                try:
+                    cells = next(reader, None)
+                except csv.Error as exc:
+                    if batch:
+                        write(preparation.send(batch, index))
+                    write(preparation.drain())
+                    raise ImportFailed(
+                        f"the file is not valid CSV at row {index + 2}: {exc}; the rows "
+                        "before it are imported, and importing the corrected file skips them",
+                        job.run_id,
+                        [FieldError("file", f"row {index + 2}: {exc}")],
+                    ) from None
+                if cells is None:
+                    break
+                index += 1
+                if index <= done or not any(cell.strip() for cell in cells):
+                    continue  # handled by an earlier run of this import, or a blank line
+                batch.append((index + 1, cells))
+                if len(batch) >= self._settings.batch_size:
+                    write(preparation.send(batch, index))
+                    batch = []
+            if batch:
+                write(preparation.send(batch, index))
+            write(preparation.drain())
         if progress is not None:
             progress(source.tell())
         return index
+
+    def _helper_recipe(self, job: _Job, source: IO[bytes]) -> PreparerRecipe | None:
+        """What a helper process needs to prepare this run's rows, if the file is large
+        enough to be worth one (`[imports] helper_process`, `helper_min_bytes`)."""
+        if not self._settings.helper_process:
+            return None
+        position = source.tell()
+        size = source.seek(0, io.SEEK_END)
+        source.seek(position)
+        if size < self._settings.helper_min_bytes:
+            return None
+        return PreparerRecipe(
+            policy=job.access.policy.source,
+            regions=self._records.regions.names,
+            principal=job.caller.principal,
+            region=job.region,
+            plan=job.plan,
+            secret=self._secret,
+        )
 
     def _refresh_statistics(self, job: _Job) -> None:
         """PostgreSQL: ANALYZE the tables an import grows, as they double. Autovacuum
@@ -315,11 +336,10 @@ class Importer:
         except DBAPIError as exc:
             log.info("import_analyze_skipped", region=job.region, error=type(exc).__name__)
 
-    def _batch(self, job: _Job, cells: list[tuple[int, list[str]]], rows_done: int) -> None:
-        """One transaction: the batch's rows checked, created or reported, and the run's
-        progress. A concurrent run of the same rows makes the insert of a row key fail:
-        the batch then runs again, and finds those rows imported."""
-        rows = [self._prepare(job, number, row) for number, row in cells]
+    def _batch(self, job: _Job, rows: list[PreparedRow], rows_done: int) -> None:
+        """One transaction: the batch's prepared rows checked, created or reported, and
+        the run's progress. A concurrent run of the same rows makes the insert of a row
+        key fail: the batch then runs again, and finds those rows imported."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 self._write_batch(job, rows, rows_done)
@@ -332,50 +352,7 @@ class Importer:
                 os._exit(86)
             return
 
-    def _prepare(self, job: _Job, number: int, cells: list[str]) -> _Row:
-        """Everything about a row that needs no database: coercion, validation, the
-        create's policy checks, and its key."""
-        row = _Row(number)
-        width = len(job.plan.targets)
-        if len(cells) != width:
-            row.errors.append(
-                FieldError("(row)", f"has {len(cells)} cells; the header has {width}")
-            )
-            return row
-        body, row.errors = job.plan.body(cells)
-        if row.errors:
-            return row
-        try:
-            values = self._records.new_values(
-                job.access, job.spec, job.region, job.create_scope, body
-            )
-        except ValidationFailed as exc:
-            row.errors = list(exc.errors) or [FieldError("(row)", exc.detail)]
-            return row
-        except FieldsForbidden as exc:
-            row.errors = [FieldError(name, "you may not write it here") for name in exc.fields]
-            return row
-        except Forbidden:
-            row.errors = [FieldError("(row)", "is outside the records you may create")]
-            return row
-        row.values = values
-        row.key = self._key(job.spec, job.caller.principal.id, values)
-        return row
-
-    def _key(self, spec: EntitySpec, principal_id: str, values: Mapping[str, Any]) -> str:
-        """The row's key: a keyed hash of who imports it and its validated values. Per
-        importer, so another principal's import can be no oracle for what exists."""
-        canonical = json.dumps(
-            {name: value for name, value in values.items() if value is not None},
-            sort_keys=True,
-            separators=(",", ":"),
-            default=str,
-        )
-        mac = self._row_key.copy()
-        mac.update(b"\0".join((spec.name.encode(), principal_id.encode(), canonical.encode())))
-        return mac.hexdigest()
-
-    def _write_batch(self, job: _Job, rows: list[_Row], rows_done: int) -> None:
+    def _write_batch(self, job: _Job, rows: list[PreparedRow], rows_done: int) -> None:
         records = self._records
         database = records.database(job.region)
         with records.write(database, "another import wrote the same rows; run it again") as conn:
@@ -436,7 +413,7 @@ class Importer:
                 ),
             )
 
-    def _check_links(self, conn: Connection, job: _Job, rows: list[_Row]) -> None:
+    def _check_links(self, conn: Connection, job: _Job, rows: list[PreparedRow]) -> None:
         """Links must name records of this region the importer can read (one query per
         linked entity for the whole batch, not one per row)."""
         for spec_field in job.spec.fields:
@@ -461,7 +438,7 @@ class Importer:
                     message = f"no {target} has that id"
                 row.errors.append(FieldError(spec_field.name, message))
 
-    def _insert(self, conn: Connection, job: _Job, rows: list[_Row]) -> list[str]:
+    def _insert(self, conn: Connection, job: _Job, rows: list[PreparedRow]) -> list[str]:
         """The rows as new records: ids, data keys, sealed fields, one executemany."""
         if not rows:
             return []
@@ -479,7 +456,6 @@ class Importer:
             [s for s, r in zip(subjects, ids, strict=True) if s == r and spec.encrypted_fields],
         )
         table = ENTITY_TABLES[spec.name]
-        blank = dict.fromkeys(table.c.keys())
         stored = []
         for row, record_id, subject in zip(rows, ids, subjects, strict=True):
             sealed = records.codec.seal_fields(
@@ -494,7 +470,6 @@ class Importer:
             )
             stored.append(
                 {
-                    **blank,
                     **sealed,
                     "id": record_id,
                     "region": region,
@@ -503,7 +478,10 @@ class Importer:
                     "updated_at": now,
                 }
             )
-        conn.execute(insert(table), stored)
+        # One executemany needs one set of columns: those any row of the batch sets
+        # (the rest keep their defaults), not every column of the table.
+        columns = dict.fromkeys(name for record in stored for name in record)
+        conn.execute(insert(table), [{**columns, **record} for record in stored])
         for record in stored:
             stages.record_created(conn, spec.name, record["id"], region, record, now)
         return ids
@@ -725,10 +703,10 @@ class _Duplicates:
                     and name in readable
                 ]
 
-    def find(self, rows: list[_Row]) -> dict[int, tuple[str, str | None, int | None]]:
+    def find(self, rows: list[PreparedRow]) -> dict[int, tuple[str, str | None, int | None]]:
         """Row number -> (field, existing record id or None, earlier row number or None).
         Each row's identifiers are normalised and indexed once, here; `_insert` stores
-        those indexes (`_Row.indexes`)."""
+        those indexes (`PreparedRow.indexes`)."""
         found: dict[int, tuple[str, str | None, int | None]] = {}
         if not self._fields or not rows:
             return found
@@ -882,7 +860,7 @@ def _forget_stale(conn: Connection, spec: EntitySpec, keys: list[str]) -> None:
 
 
 def _repeats(
-    run_id: str, rows: list[_Row], imported: Mapping[str, tuple[str, str]]
+    run_id: str, rows: list[PreparedRow], imported: Mapping[str, tuple[str, str]]
 ) -> dict[int, tuple[str, str | None, int | None]]:
     """Rows equal to an earlier row of this file: in this batch (by row number), or
     imported by an earlier batch of this run (by the record it became)."""
@@ -928,7 +906,7 @@ def _region_of(record_id: str) -> str | None:
 def _report(
     conn: Connection,
     run_id: str,
-    rows: list[_Row],
+    rows: list[PreparedRow],
     duplicates: Mapping[int, tuple[str, str | None, int | None]],
 ) -> None:
     lines: dict[tuple[int, str], dict[str, Any]] = {}

@@ -135,9 +135,12 @@ class EntitySpec:
     key_subject_from: tuple[str, ...] = ()
     retention: tuple[RetentionRule, ...] = ()
     _by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
+    _encrypted: tuple[FieldSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {f.name: f for f in self.fields})
+        # Asked for every record read and written: computed once.
+        object.__setattr__(self, "_encrypted", tuple(f for f in self.fields if f.encrypted))
 
     @property
     def table_name(self) -> str:
@@ -151,7 +154,7 @@ class EntitySpec:
 
     @property
     def encrypted_fields(self) -> tuple[FieldSpec, ...]:
-        return tuple(f for f in self.fields if f.encrypted)
+        return self._encrypted
 
 
 # Fields every entity has, after its own. `id`, `region`, `version`, `created_at` and

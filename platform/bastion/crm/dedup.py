@@ -70,25 +70,29 @@ def refuse_duplicates(
     spec: EntitySpec,
     region: str,
     values: Mapping[str, Any],
-) -> None:
-    """Raise `DuplicateRecord` if a record the caller can see has the same identifier."""
+) -> dict[str, bytes]:
+    """Raise `DuplicateRecord` if a record the caller can see has the same identifier.
+    Returns the blind indexes it computed, by field name, for the insert to store."""
+    indexes: dict[str, bytes] = {}
     if not spec.data_subject:
-        return
+        return indexes
     scope = access.policy.scope(access.principal.roles, region, spec.name, "read")
     if not scope.permits_any:
-        return
+        return indexes
     readable = access.mask(region, spec, "read").always
     table = ENTITY_TABLES[spec.name]
+    where = access.where(spec, scope)
     for name in IDENTIFIERS:
         field = spec.field(name)
         value = values.get(name)
         if field is None or field.index_column is None or value is None or name not in readable:
             continue
-        index = pipeline.codec.index(conn, spec, region, field, value)
         wanted = pipeline.codec.normalized(field, value)
+        index = pipeline.codec.index_normalized(conn, spec, region, field, wanted)
+        indexes[name] = index
         _serialize(conn, spec, name, index)
-        query = select(table).where(table.c[field.index_column] == index)
-        where = access.where(spec, scope)
+        # Only what confirming a candidate needs: its id and the sealed identifier.
+        query = select(table.c.id, table.c[field.name]).where(table.c[field.index_column] == index)
         if where is not None:
             query = query.where(where)
         for row in conn.execute(query.limit(_CANDIDATES)):
@@ -96,6 +100,7 @@ def refuse_duplicates(
             found = pipeline.codec.open_field(conn, spec, region, stored, field)
             if pipeline.codec.matches(field, found, wanted):
                 raise DuplicateRecord(spec, str(stored["id"]), [name])
+    return indexes
 
 
 def _serialize(conn: Connection, spec: EntitySpec, field: str, index: bytes) -> None:

@@ -227,10 +227,23 @@ class Pipeline:
         region: str,
         now: datetime,
         values: Mapping[str, Any],
+        *,
+        indexes: Mapping[str, bytes] | None = None,
     ) -> None:
-        """Insert a new record: encrypted fields sealed under its data subject's key."""
+        """Insert a new record: encrypted fields sealed under its data subject's key.
+        `record_id` was generated for this insert (`RecordId.new`); `indexes`: blind
+        indexes of `values` computed already (the duplicate check's), by field name."""
         subject = self.codec.key_subject(spec, record_id, values)
-        sealed = self.codec.seal_fields(conn, spec, region, record_id, values, subject)
+        key = None
+        if subject == record_id and any(
+            values.get(f.name) is not None for f in spec.encrypted_fields
+        ):
+            # A person created just now (its id was generated for this insert) cannot
+            # have a key yet: make it without looking for one or guarding a race.
+            key = self.keys.new_subject_deks(conn, region, [subject])[subject]
+        sealed = self.codec.seal_fields(
+            conn, spec, region, record_id, values, subject, key=key, indexes=indexes
+        )
         repository.insert_record(
             conn,
             spec,

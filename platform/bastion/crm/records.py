@@ -41,6 +41,21 @@ def to_json_value(value: Any) -> Any:
     return value
 
 
+# The field types whose stored values are not JSON values already.
+_CONVERTED_TYPES = frozenset({"decimal", "date", "datetime"})
+_layouts: dict[str, tuple[tuple[str, bool], ...]] = {}
+
+
+def _layout(spec: EntitySpec) -> tuple[tuple[str, bool], ...]:
+    """Each field of `spec` in API order, and whether its value needs `to_json_value`
+    (rendering runs for every record of every list: the type decides, once)."""
+    layout = _layouts.get(spec.name)
+    if layout is None:
+        layout = tuple((f.name, f.type in _CONVERTED_TYPES) for f in spec.fields)
+        _layouts[spec.name] = layout
+    return layout
+
+
 def render(
     spec: EntitySpec,
     values: Mapping[str, Any],
@@ -52,13 +67,15 @@ def render(
     """The record as the caller may see it: permitted fields only, the rest named."""
     record: Record = {name: to_json_value(values[name]) for name in SYSTEM_FIELDS}
     withheld = []
-    for field in spec.fields:
-        if field.name in erased or field.name in restricted:
+    hidden = erased or restricted
+    for name, converted in _layout(spec):
+        if hidden and (name in erased or name in restricted):
             continue
-        if field.name in readable:
-            record[field.name] = to_json_value(values.get(field.name))
+        if name in readable:
+            value = values.get(name)
+            record[name] = to_json_value(value) if converted else value
         else:
-            withheld.append(field.name)
+            withheld.append(name)
     record[WITHHELD] = withheld
     if erased:
         record[ERASED] = list(erased)

@@ -43,7 +43,9 @@ class Sort:
 
 
 def insert_record(conn: Connection, spec: EntitySpec, values: Mapping[str, Any]) -> None:
-    conn.execute(insert(ENTITY_TABLES[spec.name]).values(**values))
+    # Values as parameters, not `.values(...)`: the statement (and its cache key) stays
+    # the same for every record with the same columns set.
+    conn.execute(insert(ENTITY_TABLES[spec.name]), dict(values))
 
 
 def fetch(

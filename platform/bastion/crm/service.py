@@ -303,8 +303,7 @@ class RecordService(Pipeline):
         """Which records were returned, with which fields (names, never values)."""
         returned = {
             name
-            for record in records
-            for name in record
+            for name in set().union(*records)
             if not name.startswith("_") and name not in ("id", "region", "version")
         }
         event = self.recorder.event(
@@ -337,7 +336,7 @@ class RecordService(Pipeline):
         with self.denials(caller, access, region, spec, "create"):
             scope = access.require(region, spec, "create")
             idempotency.check_key(idempotency_key)
-            values = self.new_values(access, spec, region, scope, fields)
+            values = new_values(access, spec, region, scope, fields)
         database = self.database(region)
         body_hash = (
             idempotency.request_hash(self._idempotency_secret, spec.name, region, values)
@@ -352,9 +351,14 @@ class RecordService(Pipeline):
                     )
                     if earlier is not None:
                         return Created(self._replay(conn, access, database, spec, earlier), True)
-                if not allow_duplicate:
+                indexes = (
                     dedup.refuse_duplicates(self, conn, access, spec, region, values)
-                record = self._insert_new(conn, caller, access, database, spec, region, values)
+                    if not allow_duplicate
+                    else {}
+                )
+                record = self._insert_new(
+                    conn, caller, access, database, spec, region, values, indexes=indexes
+                )
                 if idempotency_key is not None:
                     idempotency.remember(
                         conn,
@@ -378,31 +382,6 @@ class RecordService(Pipeline):
                 return Created(self._replay(conn, access, database, spec, earlier), True)
         return Created(record, False)
 
-    def new_values(
-        self,
-        access: Access,
-        spec: EntitySpec,
-        region: str,
-        scope: RowScope,
-        fields: Mapping[str, Any],
-    ) -> Values:
-        """A create body as the values to store: the fields it may write (403 naming
-        the others), validated (422), owner and team defaulted to the caller's, inside
-        the caller's create scope (403). Shared by creates and imports."""
-        principal = access.principal
-        named = _writable_names(spec, fields)
-        access.require_writable(region, spec, named)
-        values = validate_create(spec, fields)
-        check_lead_status(spec, values)
-        values["custom"] = _without_nulls(values.get("custom"))
-        if values.get("owner_id") is None:
-            values["owner_id"] = principal.id
-        if values.get("team_id") is None and principal.teams:
-            values["team_id"] = principal.teams[0]
-        access.require_writable(region, spec, named, proposed=values)
-        access.require_in_scope(scope, spec, values, "create")
-        return values
-
     def _insert_new(
         self,
         conn: Connection,
@@ -412,11 +391,13 @@ class RecordService(Pipeline):
         spec: EntitySpec,
         region: str,
         values: Mapping[str, Any],
+        *,
+        indexes: Mapping[str, bytes] | None = None,
     ) -> Record:
         now = self.now()
         record_id = str(RecordId.new(spec.prefix, region, now))
         self.check_refs(conn, access, spec, region, values)
-        self.insert(conn, spec, record_id, region, now, values)
+        self.insert(conn, spec, record_id, region, now, values, indexes=indexes)
         stages.record_created(conn, spec.name, record_id, region, values, now)
         written = sorted(name for name, value in values.items() if value is not None)
         self.recorder.append(
@@ -609,6 +590,31 @@ def _writable_names(spec: EntitySpec, body: Mapping[str, Any]) -> list[str]:
     return [
         name for name in body if (field := spec.field(name)) is not None and not field.read_only
     ]
+
+
+def new_values(
+    access: Access,
+    spec: EntitySpec,
+    region: str,
+    scope: RowScope,
+    fields: Mapping[str, Any],
+) -> Values:
+    """A create body as the values to store: the fields it may write (403 naming the
+    others), validated (422), owner and team defaulted to the caller's, inside the
+    caller's create scope (403). Shared by creates and imports; needs no database."""
+    principal = access.principal
+    named = _writable_names(spec, fields)
+    access.require_writable(region, spec, named)
+    values = validate_create(spec, fields)
+    check_lead_status(spec, values)
+    values["custom"] = _without_nulls(values.get("custom"))
+    if values.get("owner_id") is None:
+        values["owner_id"] = principal.id
+    if values.get("team_id") is None and principal.teams:
+        values["team_id"] = principal.teams[0]
+    access.require_writable(region, spec, named, proposed=values)
+    access.require_in_scope(scope, spec, values, "create")
+    return values
 
 
 def check_lead_status(spec: EntitySpec, values: Mapping[str, Any]) -> None:

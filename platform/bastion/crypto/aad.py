@@ -43,26 +43,30 @@ def encode(label: bytes, *parts: str | int | bytes) -> bytes:
 _FIELD_PREFIX = len(FIELD_LABEL).to_bytes(2, "big") + FIELD_LABEL
 
 
+# (region, table, field) -> the encoding's parts before and after the record id: a
+# deployment has a few dozen, each used for every value of that field.
+_FIELD_PARTS: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
+_FIELD_PARTS_MAX = 4096
+
+
 def field(region: str, table: str, record_id: str, field: str) -> bytes:
     """`encode(FIELD_LABEL, region, table, record_id, field)`, written out: this runs
-    once per encrypted value, and the generic loop costs twice as much.
+    once per encrypted value, and the generic loop costs twice as much. The parts
+    around the record id are kept per (region, table, field).
 
     Raises `OverflowError` for a part longer than 65535 bytes (from `to_bytes`).
     """
-    r, t, i, f = region.encode(), table.encode(), record_id.encode(), field.encode()
-    return b"".join(
-        (
-            _FIELD_PREFIX,
-            len(r).to_bytes(2, "big"),
-            r,
-            len(t).to_bytes(2, "big"),
-            t,
-            len(i).to_bytes(2, "big"),
-            i,
-            len(f).to_bytes(2, "big"),
-            f,
+    parts = _FIELD_PARTS.get((region, table, field))
+    if parts is None:
+        r, t, f = region.encode(), table.encode(), field.encode()
+        parts = (
+            b"".join((_FIELD_PREFIX, len(r).to_bytes(2, "big"), r, len(t).to_bytes(2, "big"), t)),
+            len(f).to_bytes(2, "big") + f,
         )
-    )
+        if len(_FIELD_PARTS) < _FIELD_PARTS_MAX:  # names come from code; bounded anyway
+            _FIELD_PARTS[(region, table, field)] = parts
+    i = record_id.encode()
+    return b"".join((parts[0], len(i).to_bytes(2, "big"), i, parts[1]))
 
 
 def dek_wrap(region: str, subject_id: str, key_id: bytes, version: int, kek_version: int) -> bytes:

@@ -221,13 +221,12 @@ class LocalKeyProvider:
             self._aeads.clear()
 
     def _aead(self, region: str, version: int) -> AESGCM:
-        path = self._path(region, version)
         loaded = self._aeads.get((region, version))
         if loaded is not None:
             # Another process may have destroyed (or replaced) the file since it was
             # loaded: a retired KEK must stop working everywhere, not at the next restart.
             try:
-                current = _FileIdentity.of(os.stat(path, follow_symlinks=False))
+                current = _FileIdentity.of(os.stat(loaded.path, follow_symlinks=False))
             except FileNotFoundError:
                 current = None
             except OSError as exc:
@@ -237,6 +236,7 @@ class LocalKeyProvider:
             with self._lock:
                 if self._aeads.get((region, version)) is loaded:
                     del self._aeads[(region, version)]
+        path = self._path(region, version)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -259,7 +259,7 @@ class LocalKeyProvider:
             raise KeyDestroyed(f"KEK version {version} of region {region!r} is being destroyed")
         aead = AESGCM(material)
         with self._lock:
-            self._aeads[(region, version)] = _LoadedKek(aead, _FileIdentity.of(info))
+            self._aeads[(region, version)] = _LoadedKek(aead, _FileIdentity.of(info), str(path))
         return aead
 
     def _make_dirs(self, directory: Path) -> None:
@@ -301,6 +301,7 @@ class _FileIdentity:
 class _LoadedKek:
     aead: AESGCM = field(repr=False)
     identity: _FileIdentity
+    path: str  # checked before each use (a str: no Path built per wrap)
 
 
 def build_provider(settings: KeySettings, *, mode: str, home: Path) -> KeyProvider:

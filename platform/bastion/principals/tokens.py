@@ -5,6 +5,15 @@ what the database lookup uses; the secret is 256 random bits (43 base64url
 characters) of which only the SHA-256 is stored. The hash comparison uses
 `hmac.compare_digest`, so response timing does not reveal how much of a guessed
 secret matched.
+
+Each worker remembers the tokens it checked in the control database for
+`token_cache_seconds` (`TokenCache`): a request then costs no control-database
+transaction. The presented secret is still compared with the stored hash every
+time, and the token's expiry is still checked against the clock; what may be up to
+that long out of date in *other* workers is a revocation, and a principal's roles,
+regions or teams replaced by a new issue (the worker that makes the change forgets
+the token at once). The same bound as a policy change (`policy_poll_seconds`).
+A failed authentication is never remembered.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,6 +95,96 @@ def _hash(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("ascii")).digest()
 
 
+def _parse(presented: str) -> tuple[str, bytes]:
+    """A presented token's id and the hash of its secret; `Unauthenticated` if it is
+    not shaped like a token."""
+    match = _TOKEN_RE.fullmatch(presented)
+    if match is None:
+        raise Unauthenticated(_BAD_TOKEN)
+    token_id, secret = match.groups()
+    return token_id, _hash(secret)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A token as the control database showed it, valid then."""
+
+    secret_hash: bytes
+    expires_at: datetime | None
+    principal: Principal
+    recheck_at: datetime  # after this, the database is asked again
+
+
+class TokenCache:
+    """Tokens checked in the control database, by token id: at most `size`, each for
+    at most `ttl` after it was read (a hit never extends that), least recently used
+    going first. `ttl` 0 keeps nothing. Thread-safe; holds hashes, never secrets.
+
+    A lookup that began before a `forget` cannot put back what it read (`epoch`): a
+    request racing a revocation in this worker is not remembered past it."""
+
+    def __init__(self, *, ttl: timedelta, size: int, clock: Clock) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._clock = clock
+        self._enabled = ttl > timedelta(0) and size > 0
+        self._entries: OrderedDict[str, _Checked] = OrderedDict()
+        self._lock = threading.Lock()
+        self._forgotten = 0  # how many forgets so far: the epoch
+
+    def __repr__(self) -> str:
+        return f"TokenCache(ttl={self._ttl}, size={self._size}, held={len(self._entries)})"
+
+    def get(self, token_id: str) -> _Checked | None:
+        if not self._enabled:
+            return None
+        with self._lock:
+            entry = self._entries.get(token_id)
+            if entry is None:
+                return None
+            if entry.recheck_at <= self._clock.now():
+                del self._entries[token_id]
+                return None
+            self._entries.move_to_end(token_id)
+            return entry
+
+    @property
+    def epoch(self) -> int:
+        """Taken before reading the database, handed back to `put`."""
+        return self._forgotten
+
+    def put(
+        self,
+        token_id: str,
+        secret_hash: bytes,
+        expires_at: datetime | None,
+        principal: Principal,
+        *,
+        epoch: int,
+    ) -> None:
+        if not self._enabled:
+            return
+        entry = _Checked(secret_hash, expires_at, principal, self._clock.now() + self._ttl)
+        with self._lock:
+            if epoch != self._forgotten:
+                return  # something was forgotten while this was read: maybe this
+            self._entries[token_id] = entry
+            self._entries.move_to_end(token_id)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def forget(self, token_id: str) -> None:
+        with self._lock:
+            self._forgotten += 1
+            self._entries.pop(token_id, None)
+
+    def forget_principal(self, principal_id: str) -> None:
+        with self._lock:
+            self._forgotten += 1
+            for token_id in [t for t, e in self._entries.items() if e.principal.id == principal_id]:
+                del self._entries[token_id]
+
+
 class TokenService:
     """Issues, lists, revokes and authenticates tokens against the control database."""
 
@@ -94,11 +195,14 @@ class TokenService:
         *,
         known_roles: frozenset[str],
         known_regions: Sequence[str],
+        cache_ttl: timedelta = timedelta(0),
+        cache_size: int = 10_000,
     ) -> None:
         self._control = control
         self._clock = clock
         self._known_roles = known_roles
         self._known_regions = tuple(known_regions)
+        self._cache = TokenCache(ttl=cache_ttl, size=cache_size, clock=clock)
 
     def issue(
         self,
@@ -152,6 +256,8 @@ class TokenService:
                     },
                 ),
             )
+        # Its other tokens now stand for the replaced roles, regions and teams.
+        self._cache.forget_principal(principal.id)
         return IssuedToken(
             token_id=token_id,
             secret=f"bst_{token_id}_{secret}",
@@ -160,16 +266,25 @@ class TokenService:
         )
 
     def authenticate(self, presented: str) -> Principal:
-        """The principal a bearer token belongs to; `Unauthenticated` if none."""
-        return self.identify(presented).principal
+        """The principal a bearer token belongs to; `Unauthenticated` if none. A token
+        checked in the control database less than the cache's time to live ago is not
+        looked up again (see the module's docstring); its secret and expiry are."""
+        token_id, presented_hash = _parse(presented)
+        cached = self._from_cache(token_id, presented_hash)
+        if cached is not None:
+            return cached
+        epoch = self._cache.epoch
+        found = self._identified(token_id, presented_hash)
+        self._cache.put(token_id, presented_hash, found.expires_at, found.principal, epoch=epoch)
+        return found.principal
 
     def identify(self, presented: str) -> Presented:
         """The principal a bearer token belongs to, and which token it is (the console
-        ties a session to it); `Unauthenticated` if the token is not a live one."""
-        match = _TOKEN_RE.fullmatch(presented)
-        if match is None:
-            raise Unauthenticated(_BAD_TOKEN)
-        token_id, secret = match.groups()
+        ties a session to it); `Unauthenticated` if the token is not a live one. Always
+        from the control database, never the cache: a login, not every request."""
+        return self._identified(*_parse(presented))
+
+    def _identified(self, token_id: str, presented_hash: bytes) -> Presented:
         with self._control.transaction() as conn:
             row = conn.execute(
                 select(
@@ -183,12 +298,29 @@ class TokenService:
             ).one_or_none()
         # Compare even when the id is unknown, so both paths cost the same.
         expected = row.secret_hash if row is not None else b"\0" * 32
-        matches = hmac.compare_digest(expected, _hash(secret))
+        matches = hmac.compare_digest(expected, presented_hash)
         if row is None or not matches or row.revoked_at is not None or row.disabled:
             raise Unauthenticated(_BAD_TOKEN)
-        if row.expires_at is not None and row.expires_at <= self._clock.now():
-            raise Unauthenticated(_BAD_TOKEN)
+        self._check_expiry(row.expires_at)
         return Presented(self.principal_of(row), token_id, row.expires_at)
+
+    def authenticate_cached(self, presented: str) -> Principal | None:
+        """`authenticate` if the cache can answer without the database (no I/O: safe
+        on the event loop), else None. `Unauthenticated` as `authenticate`."""
+        return self._from_cache(*_parse(presented))
+
+    def _from_cache(self, token_id: str, presented_hash: bytes) -> Principal | None:
+        cached = self._cache.get(token_id)
+        if cached is None:
+            return None
+        if not hmac.compare_digest(cached.secret_hash, presented_hash):
+            raise Unauthenticated(_BAD_TOKEN)
+        self._check_expiry(cached.expires_at)
+        return cached.principal
+
+    def _check_expiry(self, expires_at: datetime | None) -> None:
+        if expires_at is not None and expires_at <= self._clock.now():
+            raise Unauthenticated(_BAD_TOKEN)
 
     def principal(self, name: str) -> Principal:
         """The principal called `name` (for CLI commands that act as a person);
@@ -261,6 +393,8 @@ class TokenService:
                     details={"token": token_id},
                 ),
             )
+        # After the commit: a lookup racing it may have read the row before it.
+        self._cache.forget(token_id)
 
     def _check_principal(
         self,

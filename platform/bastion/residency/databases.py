@@ -84,6 +84,10 @@ def _sqlite_transactions(engine: Engine, *, busy_ms: int) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint every ~40 MB of WAL instead of ~4 MB: an audited read dirties a few
+        # index pages (record_refs), and rewriting the same hot pages into the database
+        # ten times as often was a fifth of a list request's time.
+        cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
         cursor.close()
