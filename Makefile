@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck drift pytest fuzz bench clean
+.PHONY: install run test lint typecheck drift pytest fuzz bench screenshots clean
 
 install: $(STAMP)
 
@@ -16,15 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Plain http on 127.0.0.1: the console's session cookie may go without `Secure` there
+# (refused in production mode; see [console] in the README).
 run: $(STAMP)
 	$(PY) -m bastion demo
-	$(PY) -m bastion serve --host 127.0.0.1 --port 8000
+	BASTION_CONSOLE_COOKIE_SECURE=false $(PY) -m bastion serve --host 127.0.0.1 --port 8000
 
 test: lint typecheck drift pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check platform tests benchmarks migrations
-	$(VENV)/bin/ruff format --check platform tests benchmarks migrations
+	$(VENV)/bin/ruff check platform tests benchmarks migrations docs
+	$(VENV)/bin/ruff format --check platform tests benchmarks migrations docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -53,6 +55,11 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(PY) -m benchmarks.report
+
+# The console's screenshots in docs/console/ (shown in the README), taken in the same
+# headless Chromium as the browser tests (apt-get install chromium chromium-driver).
+screenshots: $(STAMP)
+	$(PY) -m docs.screenshots
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache

@@ -78,6 +78,11 @@ BENCHMARKS = (
         ("benchmarks.imports", "--rows", "100000"),
     ),
     Benchmark(
+        "console",
+        "Console pages against the API calls they wrap (uvicorn, one client)",
+        ("benchmarks.console",),
+    ),
+    Benchmark(
         "soak",
         "Concurrency: 48 clients, 2 uvicorn workers, 60 s, then every write accounted for",
         ("benchmarks.soak", "--clients", "48", "--duration", "60", "--workers", "2"),

@@ -23,6 +23,8 @@ from bastion.api.limits import RateLimit
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
 from bastion.config import Settings, load_settings
+from bastion.console.pages import Console
+from bastion.console.routes import console_routes
 from bastion.errors import BastionError
 from bastion.logs import configure_logging
 from bastion.state import State, build_state
@@ -65,6 +67,7 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
             *export_api.routes,
             *imports_api.routes,
             *merges_api.routes,
+            *console_routes(),
             *records.routes,
         ],
         middleware=[
@@ -82,6 +85,7 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.console = Console(settings)
     if state is not None:
         app.state.bastion = state
     return app

@@ -25,6 +25,7 @@ from bastion.analytics.settings import AnalyticsSettings
 from bastion.api.limits import LimitSettings
 from bastion.audit.settings import AuditSettings
 from bastion.bulk.settings import ImportSettings
+from bastion.console.settings import ConsoleSettings
 from bastion.crypto.settings import KeySettings
 from bastion.dsr.settings import DsrSettings
 from bastion.quality.settings import DedupSettings
@@ -85,6 +86,7 @@ class Settings(BaseModel):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     imports: ImportSettings = Field(default_factory=ImportSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -132,6 +134,7 @@ class _FileConfig(BaseModel):
     analytics: dict[str, Any] | None = None
     imports: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
+    console: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -288,9 +291,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["analytics"] = _section("analytics", AnalyticsSettings, file.analytics, env)
     values["imports"] = _section("imports", ImportSettings, file.imports, env)
     values["limits"] = _section("limits", LimitSettings, file.limits, env)
+    console = _section("console", ConsoleSettings, file.console, env)
+    assert isinstance(console, ConsoleSettings)
+    values["console"] = console
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")
+    if mode == "production" and not console.cookie_secure:
+        raise ConfigError(
+            "console.cookie_secure = false is for development on a loopback address; "
+            "production mode refuses it"
+        )
     if secret is None:
         if mode == "production":
             raise ConfigError(

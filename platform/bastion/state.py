@@ -32,6 +32,7 @@ from bastion.errors import RegionUnavailable
 from bastion.policy.engine import Policy, PolicySource
 from bastion.policy.lint import Finding, checked_policy
 from bastion.policy.store import PolicyChange, PolicyStore, PolicyWatcher
+from bastion.principals.sessions import SessionService
 from bastion.principals.tokens import TokenService
 from bastion.quality.merge import MergeService
 from bastion.quality.service import DuplicateService
@@ -49,6 +50,7 @@ class State:
     policy: Policy
     keys: Keyring = field(init=False)
     tokens: TokenService = field(init=False)
+    sessions: SessionService = field(init=False)
     records: RecordService = field(init=False)
     analytics: PipelineAnalytics = field(init=False)
     policy_store: PolicyStore = field(init=False)
@@ -75,6 +77,13 @@ class State:
             known_regions=self.regions.names,
             cache_ttl=timedelta(seconds=self.settings.token_cache_seconds),
         )
+        self.sessions = SessionService(
+            self.control,
+            self.clock,
+            self.tokens,
+            idle=timedelta(minutes=self.settings.console.idle_minutes),
+            lifetime=timedelta(hours=self.settings.console.lifetime_hours),
+        )
         # One audit chain per database; production fails here if a signing key is missing.
         self.audit = AuditLog(
             databases={
@@ -96,7 +105,7 @@ class State:
             clock=self.clock,
             cursors=CursorCodec(self.settings.secret_key.get_secret_value().encode()),
             keys=self.keys,
-            idempotency_secret=_derived(self.settings, b"bastion idempotency fingerprint v1"),
+            idempotency_secret=derived_key(self.settings, b"bastion idempotency fingerprint v1"),
             audit_notify=self.audit.notify,
         )
         self.analytics = PipelineAnalytics(
@@ -135,7 +144,7 @@ class State:
         self.imports = Importer(
             self.records,
             self.settings.imports,
-            _derived(self.settings, b"bastion import row key v1"),
+            derived_key(self.settings, b"bastion import row key v1"),
             cursors,
             failpoint=(
                 os.environ.get("BASTION_FAILPOINT") if self.settings.mode != "production" else None
@@ -214,7 +223,7 @@ class State:
         self.control.engine.dispose()
 
 
-def _derived(settings: Settings, purpose: bytes) -> bytes:
+def derived_key(settings: Settings, purpose: bytes) -> bytes:
     """A key for one purpose, derived from the deployment secret (never stored)."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
         settings.secret_key.get_secret_value().encode()

@@ -430,3 +430,35 @@ def test_log_level_is_case_insensitive(tmp_path: Path) -> None:
         }
     )
     assert settings.log_level == "warning"
+
+
+def test_console_settings_from_the_file_and_the_environment(
+    tmp_path: Path, config_file: Path
+) -> None:
+    settings = _load(
+        tmp_path,
+        config_file,
+        "[console]\nidle_minutes = 15\nlifetime_hours = 8\n",
+        BASTION_CONSOLE_PAGE_SIZE="50",
+    )
+    assert settings.console.idle_minutes == 15
+    assert settings.console.lifetime_hours == 8
+    assert settings.console.page_size == 50
+    assert settings.console.cookie_secure is True  # the default
+    assert "idle_minutes" in _refused(tmp_path, config_file, BASTION_CONSOLE_IDLE_MINUTES="0")
+    assert "console" in _refused(tmp_path, config_file, "[console]\nsecure = false\n")
+
+
+def test_production_refuses_a_console_cookie_without_secure(
+    tmp_path: Path, config_file: Path
+) -> None:
+    relaxed = _load(tmp_path, config_file, BASTION_CONSOLE_COOKIE_SECURE="false")
+    assert relaxed.console.cookie_secure is False  # development, on loopback only
+    message = _refused(
+        tmp_path,
+        config_file,
+        BASTION_MODE="production",
+        BASTION_SECRET_KEY=SECRET,
+        BASTION_CONSOLE_COOKIE_SECURE="false",
+    )
+    assert "cookie_secure" in message

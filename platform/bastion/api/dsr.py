@@ -15,22 +15,11 @@ from bastion.api.params import flag, integer, invalid, known_params
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
 from bastion.dsr.certificate import as_text
+from bastion.dsr.model import STATUSES
 from bastion.errors import FieldError, ValidationFailed
 
 _LIST_PARAMS = frozenset({"region", "status", "overdue", "due_within_days", "limit", "cursor"})
-_STATUSES = frozenset(
-    {
-        "received",
-        "verified",
-        "approved",
-        "running",
-        "completed",
-        "partially_completed",
-        "failed",
-        "rejected",
-        "cancelled",
-    }
-)
+_STATUSES = frozenset(STATUSES)
 
 
 async def collection(request: Request) -> Response:

@@ -147,6 +147,7 @@ def demo(host: str, port: int) -> None:
         f"http://{host}:{port}/v1/contacts?limit=5"
     )
     click.echo(f"  docs: http://{host}:{port}/docs")
+    click.echo(f"  console: http://{host}:{port}/console/ (log in with the token)")
     click.echo("Admin token (shown once):")
     click.echo(issued.secret)
 

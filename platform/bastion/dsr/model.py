@@ -14,7 +14,7 @@ again, so a worker killed at any point resumes where it stopped.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
 from bastion.errors import Conflict
 
@@ -33,6 +33,7 @@ Status = Literal[
 ]
 
 TYPES: tuple[RequestType, ...] = ("access", "export", "erasure", "rectification")
+STATUSES: tuple[Status, ...] = get_args(Status)
 REGIMES: tuple[Regime, ...] = ("gdpr", "ccpa")
 OPEN: frozenset[str] = frozenset({"received", "verified", "approved", "running"})
 FINAL: frozenset[str] = frozenset(

@@ -78,8 +78,8 @@ def diff(before: Policy, after: Policy) -> list[Change]:
                     old_mask = before.mask(single, region, entity, field_action)
                     new_mask = after.mask(single, region, entity, field_action)
                     for field in spec.fields:
-                        old = _access(old_mask, field.name)
-                        new = _access(new_mask, field.name)
+                        old = access_text(old_mask, field.name)
+                        new = access_text(new_mask, field.name)
                         if old != new:
                             changes.append(
                                 Change(
@@ -97,7 +97,8 @@ def _scope(
     return policy.scope(roles, region, resource, action).describe()
 
 
-def _access(mask: FieldMask, name: str) -> str:
+def access_text(mask: FieldMask, name: str) -> str:
+    """How a mask grants `name`: `always`, `never`, or `if <condition>[ unless <condition>]`."""
     if name in mask.always:
         return "always"
     access = mask.conditional.get(name)

@@ -1,4 +1,5 @@
-"""Control database tables: principals and the hashes of their API tokens."""
+"""Control database tables: principals, the hashes of their API tokens, and console
+sessions."""
 
 from __future__ import annotations
 
@@ -41,4 +42,33 @@ api_tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True),
     Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+console_sessions = Table(
+    "console_sessions",
+    control_metadata,
+    # A public handle for audit events (`ses_<base32>`): never the cookie's value.
+    Column("id", String(32), primary_key=True),
+    # SHA-256 of the cookie's 256 random bits, what a lookup uses (like a token's hash:
+    # nothing to brute-force, so no slow KDF).
+    Column("secret_hash", LargeBinary(32), nullable=False, unique=True),
+    Column(
+        "principal_id",
+        String(64),
+        ForeignKey("principals.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    # The token the principal logged in with: revoking it ends the session too.
+    Column(
+        "token_id",
+        String(32),
+        ForeignKey("api_tokens.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    # The absolute end (login + lifetime, never past the token's own expiry).
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
 )

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -67,6 +67,15 @@ class IssuedToken:
     token_id: str
     secret: str
     principal: Principal
+    expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A live token as presented: whose it is, its public id, when it expires."""
+
+    principal: Principal
+    token_id: str
     expires_at: datetime | None
 
 
@@ -265,6 +274,17 @@ class TokenService:
         if cached is not None:
             return cached
         epoch = self._cache.epoch
+        found = self._identified(token_id, presented_hash)
+        self._cache.put(token_id, presented_hash, found.expires_at, found.principal, epoch=epoch)
+        return found.principal
+
+    def identify(self, presented: str) -> Presented:
+        """The principal a bearer token belongs to, and which token it is (the console
+        ties a session to it); `Unauthenticated` if the token is not a live one. Always
+        from the control database, never the cache: a login, not every request."""
+        return self._identified(*_parse(presented))
+
+    def _identified(self, token_id: str, presented_hash: bytes) -> Presented:
         with self._control.transaction() as conn:
             row = conn.execute(
                 select(
@@ -282,15 +302,7 @@ class TokenService:
         if row is None or not matches or row.revoked_at is not None or row.disabled:
             raise Unauthenticated(_BAD_TOKEN)
         self._check_expiry(row.expires_at)
-        principal = Principal(
-            id=row.id,
-            name=row.name,
-            roles=frozenset(row.roles),
-            regions=tuple(r for r in row.regions if r in self._known_regions),
-            teams=tuple(row.teams),
-        )
-        self._cache.put(token_id, bytes(row.secret_hash), row.expires_at, principal, epoch=epoch)
-        return principal
+        return Presented(self.principal_of(row), token_id, row.expires_at)
 
     def authenticate_cached(self, presented: str) -> Principal | None:
         """`authenticate` if the cache can answer without the database (no I/O: safe
@@ -319,6 +331,10 @@ class TokenService:
             raise NotFound(f"no principal is called {name!r}")
         if row.disabled:
             raise Unauthenticated(f"principal {name!r} is disabled")
+        return self.principal_of(row)
+
+    def principal_of(self, row: Any) -> Principal:
+        """A `principals` row as a `Principal`, keeping only regions still configured."""
         return Principal(
             id=row.id,
             name=row.name,
