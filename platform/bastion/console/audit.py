@@ -18,6 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from bastion.audit.access import AuditAccess, Caller
+from bastion.audit.checkpoints import AuditCheckpoint
 from bastion.audit.queries import FILTER_PARAMETERS, MAX_LIMIT, EventFilter, parse_filter
 from bastion.console.pages import Visit, page
 from bastion.errors import FieldError, Forbidden, ValidationFailed
@@ -142,7 +143,7 @@ async def person(visit: Visit) -> Response:
 @dataclass(frozen=True, slots=True)
 class ChainStatus:
     chain: str
-    checkpoint: dict[str, Any] | None
+    checkpoint: AuditCheckpoint | None
     verified: dict[str, Any] | None  # the last audit.verify event of the chain
     may_verify: bool
 
