@@ -5,7 +5,7 @@ values to store (the create's write mask, validation and create scope, exactly a
 `POST /v1/{entity}` checks them: `crm.service.new_values`), and the values get their
 row key (a keyed hash of who imports them and what they are, `RowPreparer.key`).
 
-For a large file this runs in a helper process (`PreparingProcess`), one batch ahead
+For a large file this runs in a helper process (`Preparation`), one batch ahead
 of the batch being written: preparing is a quarter of an import's time and pure
 Python, and a second thread would only take turns with the writer for the
 interpreter. The helper gets what it needs to prepare rows and nothing more: the
@@ -21,9 +21,9 @@ import hmac
 import json
 import multiprocessing
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import structlog
@@ -127,20 +127,28 @@ class PreparerRecipe:
         return f"PreparerRecipe(entity={self.plan.spec.name!r}, region={self.region!r})"
 
 
-_helper: RowPreparer | None = None  # the helper process's own, built once at its start
-
-
-def _start_helper(recipe: PreparerRecipe) -> None:
-    global _helper  # one preparer per helper process, built by its initializer
+def _serve(connection: Connection, recipe: PreparerRecipe) -> None:
+    """The helper process: build the preparer from the recipe, then answer each batch
+    of cells it is sent with the prepared rows, until the pipe closes."""
     policy, _findings = checked_policy(recipe.policy, regions=recipe.regions)
     access = Access(policy, recipe.principal)
     scope = access.require(recipe.region, recipe.plan.spec, "create")
-    _helper = RowPreparer(access, recipe.region, scope, recipe.plan, recipe.secret)
+    preparer = RowPreparer(access, recipe.region, scope, recipe.plan, recipe.secret)
+    with connection:
+        while True:
+            try:
+                cells = connection.recv()
+            except (EOFError, OSError):  # the import closed the pipe (or died)
+                return
+            connection.send(preparer.batch(cells))
 
 
-def _prepare_in_helper(cells: Cells) -> list[PreparedRow]:
-    assert _helper is not None, "the helper process was not started with a recipe"
-    return _helper.batch(cells)
+@dataclass(slots=True)
+class _Queued:
+    cells: Cells
+    tag: int
+    at_helper: bool = False  # sent to the helper, its answer not yet read
+    rows: list[PreparedRow] | None = None
 
 
 class Preparation:
@@ -148,67 +156,96 @@ class Preparation:
 
     `send(cells, tag)` queues a batch and yields `(rows, tag)` for the batches before
     it, so the caller writes batch N while batch N + 1 is prepared; `drain()` yields
-    the rest. With a `recipe`, batches are prepared in a helper process (the first one
-    here, while the helper starts); without one, here, as they are handed back.
+    the rest. With a `recipe`, batches after the first are prepared in a helper
+    process (the first here, while the helper starts); without one, here.
+
+    The helper is a plain process and a pipe, read and written by the caller's own
+    thread only: a process pool's feeder and result threads would take turns with
+    that thread for the interpreter after every database call (measured: slower than
+    no helper at all). The helper holds one batch at a time; its answer is read
+    before the next is sent, so a send never waits on a full pipe.
     """
 
     def __init__(self, local: RowPreparer, recipe: PreparerRecipe | None = None) -> None:
         self._local = local
-        self._pool: ProcessPoolExecutor | None = None
+        self._helper: BaseProcess | None = None
+        self._pipe: Connection | None = None
+        self._queue: list[_Queued] = []
         if recipe is not None:
             # spawn, not fork: this process has threads (the audit sequencer, the policy
             # watcher), and a forked child would inherit their locks mid-use.
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_helper,
-                initargs=(recipe,),
+            context = multiprocessing.get_context("spawn")
+            mine, theirs = context.Pipe()
+            self._helper = context.Process(
+                target=_serve, args=(theirs, recipe), name="bastion-import-prepare", daemon=True
             )
-        self._ahead: list[tuple[Future[list[PreparedRow]] | None, Cells, int]] = []
-        self._sent = 0
+            self._helper.start()
+            theirs.close()
+            self._pipe = mine
 
     def __enter__(self) -> Preparation:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        self._stop()
 
     def send(self, cells: Cells, tag: int) -> Iterator[tuple[list[PreparedRow], int]]:
         """Queue `cells`; yield the batches queued before it, prepared, in order."""
-        first = self._sent == 0
-        self._sent += 1
-        future = None if first or self._pool is None else self._submit(cells)
-        self._ahead.append((future, cells, tag))
-        while len(self._ahead) > 1:
-            yield self._result(*self._ahead.pop(0))
+        queued = _Queued(cells, tag)
+        if self._pipe is not None and self._queue:  # the first batch stays here
+            self._collect()  # the helper's last answer: it is idle now
+            queued.at_helper = self._transmit(cells)  # False if the helper is gone
+        self._queue.append(queued)
+        while len(self._queue) > 1:
+            yield self._ready(self._queue.pop(0))
 
     def drain(self) -> Iterator[tuple[list[PreparedRow], int]]:
         """Every batch still queued, prepared, in order."""
-        while self._ahead:
-            yield self._result(*self._ahead.pop(0))
+        while self._queue:
+            yield self._ready(self._queue.pop(0))
 
-    def _submit(self, cells: Cells) -> Future[list[PreparedRow]] | None:
-        assert self._pool is not None
+    def _ready(self, queued: _Queued) -> tuple[list[PreparedRow], int]:
+        if queued.at_helper:
+            self._collect()
+        if queued.rows is None:  # prepared here: the first batch, or the helper is gone
+            queued.rows = self._local.batch(queued.cells)
+        return queued.rows, queued.tag
+
+    def _transmit(self, cells: Cells) -> bool:
+        if self._pipe is None:
+            return False
         try:
-            return self._pool.submit(_prepare_in_helper, cells)
-        except BrokenProcessPool:
+            self._pipe.send(cells)
+        except OSError:
             self._lost()
-            return None
+            return False
+        return True
 
-    def _result(
-        self, future: Future[list[PreparedRow]] | None, cells: Cells, tag: int
-    ) -> tuple[list[PreparedRow], int]:
-        if future is not None:
+    def _collect(self) -> None:
+        """Read the helper's answer for the batch it holds, if any."""
+        for queued in self._queue:
+            if not queued.at_helper:
+                continue
+            queued.at_helper = False
+            if self._pipe is None:
+                return  # lost: the batch is prepared here when its turn comes
             try:
-                return future.result(), tag
-            except (BrokenProcessPool, CancelledError):
+                queued.rows = self._pipe.recv()
+            except (EOFError, OSError):
                 self._lost()
-        return self._local.batch(cells), tag
+            return
 
     def _lost(self) -> None:
         log.warning("import_helper_lost", detail="preparing the remaining rows in-process")
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()  # the helper's recv() ends: it returns
+            self._pipe = None
+        if self._helper is not None:
+            self._helper.join(timeout=5)
+            if self._helper.is_alive():
+                self._helper.kill()
+                self._helper.join()
+            self._helper = None
