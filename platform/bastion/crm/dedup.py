@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, or_, select, text
 
 from bastion.crm.access import Access
-from bastion.crm.catalog import EntitySpec
+from bastion.crm.catalog import EntitySpec, FieldSpec
 from bastion.crm.tables import ENTITY_TABLES
 from bastion.errors import Conflict
 
@@ -63,6 +64,16 @@ def split_filters(
     return plain, encrypted
 
 
+@dataclass(frozen=True, slots=True)
+class _Wanted:
+    """An identifier of the new record, as the duplicate check looks for it."""
+
+    field: FieldSpec
+    column: str  # its blind-index column
+    normalized: str
+    index: bytes
+
+
 def refuse_duplicates(
     pipeline: Pipeline,
     conn: Connection,
@@ -81,31 +92,49 @@ def refuse_duplicates(
         return indexes
     readable = access.mask(region, spec, "read").always
     table = ENTITY_TABLES[spec.name]
-    where = access.where(spec, scope)
+    wanted: list[_Wanted] = []
     for name in IDENTIFIERS:
         field = spec.field(name)
         value = values.get(name)
         if field is None or field.index_column is None or value is None or name not in readable:
             continue
-        wanted = pipeline.codec.normalized(field, value)
-        index = pipeline.codec.index_normalized(conn, spec, region, field, wanted)
+        normalized = pipeline.codec.normalized(field, value)
+        index = pipeline.codec.index_normalized(conn, spec, region, field, normalized)
         indexes[name] = index
-        _serialize(conn, spec, name, index)
-        # Only what confirming a candidate needs: its id and the sealed identifier.
-        query = select(table.c.id, table.c[field.name]).where(table.c[field.index_column] == index)
-        if where is not None:
-            query = query.where(where)
-        for row in conn.execute(query.limit(_CANDIDATES)):
-            stored = dict(row._mapping)
-            found = pipeline.codec.open_field(conn, spec, region, stored, field)
-            if pipeline.codec.matches(field, found, wanted):
-                raise DuplicateRecord(spec, str(stored["id"]), [name])
+        wanted.append(_Wanted(field, field.index_column, normalized, index))
+    if not wanted:
+        return indexes
+    _serialize(conn, spec, [(w.field.name, w.index) for w in wanted])
+    # One query for every identifier: the candidates' ids, sealed identifiers and their
+    # indexes (which identifier found each), and nothing else.
+    query = select(
+        table.c.id, *(table.c[w.field.name] for w in wanted), *(table.c[w.column] for w in wanted)
+    ).where(or_(*(table.c[w.column] == w.index for w in wanted)))
+    where = access.where(spec, scope)
+    if where is not None:
+        query = query.where(where)
+    candidates = [
+        dict(row._mapping) for row in conn.execute(query.limit(_CANDIDATES * len(wanted)))
+    ]
+    for w in wanted:
+        for stored in candidates:
+            if stored[w.column] is None or bytes(stored[w.column]) != w.index:
+                continue
+            found = pipeline.codec.open_field(conn, spec, region, stored, w.field)
+            if pipeline.codec.matches(w.field, found, w.normalized):
+                raise DuplicateRecord(spec, str(stored["id"]), [w.field.name])
     return indexes
 
 
-def _serialize(conn: Connection, spec: EntitySpec, field: str, index: bytes) -> None:
+def _serialize(conn: Connection, spec: EntitySpec, identifiers: list[tuple[str, bytes]]) -> None:
+    """PostgreSQL: lock each (field, index) for the rest of the transaction, in one
+    statement, always in the order of IDENTIFIERS (so two creates never wait on each
+    other in a cycle)."""
     if conn.dialect.name != "postgresql":
         return  # SQLite: the write transaction already holds the database's write lock
-    digest = hashlib.sha256(b"dedup\0" + spec.name.encode() + b"\0" + field.encode() + index)
-    key = int.from_bytes(digest.digest()[:8], "big", signed=True)
-    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    keys = {}
+    for n, (field, index) in enumerate(identifiers):
+        digest = hashlib.sha256(b"dedup\0" + spec.name.encode() + b"\0" + field.encode() + index)
+        keys[f"k{n}"] = int.from_bytes(digest.digest()[:8], "big", signed=True)
+    locks = ", ".join(f"pg_advisory_xact_lock(:{name})" for name in keys)
+    conn.execute(text(f"SELECT {locks}"), keys)  # the text holds placeholders only
