@@ -145,6 +145,10 @@ def settings_for(backend: Backend, home: Path, **extra: str) -> Settings:
         # Limiting stays on, far above what one test sends (test_hygiene tests limits).
         "BASTION_LIMITS_REQUESTS_PER_SECOND": "1000000",
         "BASTION_LIMITS_FAILED_AUTH_PER_MINUTE": "1000000",
+        # No workflow rules or scoring model unless a test brings its own (the repo's
+        # own files would otherwise load from the working directory).
+        "BASTION_AUTOMATION_WORKFLOWS": str(home / "no-workflows"),
+        "BASTION_AUTOMATION_SCORING": str(home / "no-scoring"),
         **extra,
     }
     return load_settings(environ)

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from bastion.analytics.settings import AnalyticsSettings
 from bastion.api.limits import LimitSettings
 from bastion.audit.settings import AuditSettings
+from bastion.automation.settings import AutomationSettings, WebhookSettings
 from bastion.bulk.settings import ImportSettings
 from bastion.crypto.settings import KeySettings
 from bastion.dsr.settings import DsrSettings
@@ -80,6 +81,8 @@ class Settings(BaseModel):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     imports: ImportSettings = Field(default_factory=ImportSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -126,6 +129,8 @@ class _FileConfig(BaseModel):
     analytics: dict[str, Any] | None = None
     imports: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
+    automation: dict[str, Any] | None = None
+    webhooks: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -280,6 +285,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["analytics"] = _section("analytics", AnalyticsSettings, file.analytics, env)
     values["imports"] = _section("imports", ImportSettings, file.imports, env)
     values["limits"] = _section("limits", LimitSettings, file.limits, env)
+    values["automation"] = _section("automation", AutomationSettings, file.automation, env)
+    values["webhooks"] = _section("webhooks", WebhookSettings, file.webhooks, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")

@@ -17,7 +17,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -174,13 +174,7 @@ class TokenService:
             raise Unauthenticated(_BAD_TOKEN)
         if row.expires_at is not None and row.expires_at <= self._clock.now():
             raise Unauthenticated(_BAD_TOKEN)
-        return Principal(
-            id=row.id,
-            name=row.name,
-            roles=frozenset(row.roles),
-            regions=tuple(r for r in row.regions if r in self._known_regions),
-            teams=tuple(row.teams),
-        )
+        return self._principal_of(row)
 
     def principal(self, name: str) -> Principal:
         """The principal called `name` (for CLI commands that act as a person);
@@ -191,6 +185,30 @@ class TokenService:
             raise NotFound(f"no principal is called {name!r}")
         if row.disabled:
             raise Unauthenticated(f"principal {name!r} is disabled")
+        return self._principal_of(row)
+
+    def principal_by_id(self, principal_id: str) -> Principal | None:
+        """The enabled principal with this id, as it is now (roles, regions and teams
+        may have changed since it did something); None if there is none or it is
+        disabled. Webhooks render payloads through their owner's current rights."""
+        with self._control.transaction() as conn:
+            row = conn.execute(
+                select(principals).where(principals.c.id == principal_id)
+            ).one_or_none()
+        return None if row is None or row.disabled else self._principal_of(row)
+
+    def team_members(self, team: str, region: str) -> list[str]:
+        """Ids of the enabled principals of `team` that may work in `region`, in id
+        order (the pool a round-robin assignment takes turns over)."""
+        with self._control.transaction() as conn:
+            rows = conn.execute(
+                select(principals.c.id, principals.c.teams, principals.c.regions)
+                .where(principals.c.disabled.is_(False))
+                .order_by(principals.c.id)
+            ).all()
+        return [str(r.id) for r in rows if team in (r.teams or []) and region in (r.regions or [])]
+
+    def _principal_of(self, row: Any) -> Principal:
         return Principal(
             id=row.id,
             name=row.name,

@@ -1,0 +1,469 @@
+"""Activity events: behaviour of leads and contacts (`POST /v1/events`), and their
+timeline (`GET /v1/{leads|contacts}/{id}/events`).
+
+A batch is `{"events": [{"id", "type", "subject_id", "occurred_at", "properties"}]}`,
+at most `[automation] max_events_per_batch` events (more is 413), all about people of
+one region (the subject ids name it). It is checked whole before anything is written
+(422 naming `events[i].<key>`; nothing stored), needs the `events create` right in
+that region, and every subject must be a lead or contact the caller may read (one it
+may not is answered as one that does not exist). It is stored in one transaction of
+that region: each event on its subject's timeline, its `properties` sealed under the
+subject's data key (they are personal data: a page's URL, a form's fields), one
+`events.ingest` audit event naming the subjects, and what the events feed —
+rescoring, rules (`feed.ChangeFeed.activities`).
+
+Idempotent by event id: an event whose id the region has stored already is a
+duplicate and changes nothing, so a replayed batch changes nothing the second time.
+The same id with other content (another type, subject, time or properties) is 409
+and nothing of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, select
+
+from bastion.automation import repository as repo
+from bastion.automation.feed import Activity, ChangeFeed
+from bastion.automation.model import ACTIVITY_TYPES, SUBJECT_ENTITIES
+from bastion.automation.settings import AutomationSettings
+from bastion.automation.tables import activity_events
+from bastion.clock import Clock
+from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
+from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.records import to_json_value
+from bastion.crm.repository import live
+from bastion.crm.service import RecordService
+from bastion.crm.tables import ENTITY_TABLES
+from bastion.crypto.envelope import FieldContext
+from bastion.crypto.errors import KeyDestroyed
+from bastion.crypto.keyring import Keyring
+from bastion.dsr.gate import Gate
+from bastion.errors import Conflict, FieldError, PayloadTooLarge, ValidationFailed
+from bastion.principals.caller import Caller
+from bastion.residency.ids import InvalidId, RecordId
+
+_EVENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_PROPERTY = re.compile(r"[a-z][a-z0-9_]{0,62}")
+MAX_PROPERTIES = 20
+MAX_PROPERTY_TEXT = 1000
+MAX_PROPERTIES_BYTES = 8192
+# Clocks differ: an event may say it happened a little in the future, not more.
+FUTURE_SLACK = timedelta(minutes=5)
+MAX_AGE = timedelta(days=730)
+_EVENT_KEYS = {"id", "type", "subject_id", "occurred_at", "properties"}
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    index: int
+    id: str
+    type: str
+    subject_id: str
+    occurred_at: datetime
+    properties: dict[str, Any] | None
+
+    def canonical(self) -> bytes:
+        return json.dumps(
+            [self.id, self.type, self.subject_id, self.occurred_at.isoformat(), self.properties],
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode()
+
+
+def properties_context(region: str, row_id: str) -> FieldContext:
+    return FieldContext(region, "activity_events", row_id, "properties")
+
+
+class ActivityEvents:
+    def __init__(
+        self,
+        *,
+        records: RecordService,
+        gate: Gate,
+        feed: ChangeFeed,
+        clock: Clock,
+        settings: AutomationSettings,
+        fingerprint_key: bytes,
+        cursors: CursorCodec,
+    ) -> None:
+        self._records = records
+        self._gate = gate
+        self._feed = feed
+        self._clock = clock
+        self._settings = settings
+        self._key = fingerprint_key
+        self._cursors = cursors
+
+    def ingest(self, caller: Caller, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Store a batch; how many events were new and how many duplicates."""
+        now = self._clock.now()
+        incoming = self._parse(body, now)
+        region = self._region(caller, incoming)
+        policy = self._gate.allow(caller, region, "events", "create")
+        database = self._records.database(region)
+        with self._records.write(database, "a subject of the batch no longer exists") as conn:
+            self._check_subjects(conn, caller, region, incoming)
+            fingerprints = {e.id: self._fingerprint(e) for e in incoming}
+            known = repo.known_events(conn, list(fingerprints))
+            conflicting = [
+                f"events[{e.index}]"
+                for e in incoming
+                if e.id in known and known[e.id] != fingerprints[e.id]
+            ]
+            if conflicting:
+                raise Conflict(
+                    f"{', '.join(conflicting[:10])}: these ids were stored before with other "
+                    "content; nothing of the batch was stored"
+                )
+            fresh = [e for e in incoming if e.id not in known]
+            stored = self._store(conn, caller, region, fresh, fingerprints, now)
+            subjects = sorted({e.subject_id for e in incoming})
+            self._records.recorder.append(
+                conn,
+                region,
+                self._records.recorder.event(
+                    caller,
+                    policy.version,
+                    action="events.ingest",
+                    entity="events",
+                    record_ids=subjects,
+                    details={"accepted": len(stored), "duplicates": len(incoming) - len(stored)},
+                ),
+            )
+            self._feed.activities(conn, region, caller, stored, now)
+        accepted = {a.id for a in stored}
+        return {
+            "region": region,
+            "accepted": len(stored),
+            "duplicates": len(incoming) - len(stored),
+            "events": [
+                {"id": e.id, "status": "accepted" if e.id in accepted else "duplicate"}
+                for e in incoming
+            ],
+        }
+
+    def _store(
+        self,
+        conn: Connection,
+        caller: Caller,
+        region: str,
+        fresh: list[Incoming],
+        fingerprints: Mapping[str, bytes],
+        now: datetime,
+    ) -> list[Activity]:
+        keys = self._records.keys
+        rows = []
+        by_event: dict[str, Activity] = {}
+        for event in fresh:
+            row_id = str(RecordId.new("ave", region, now))
+            sealed = None
+            if event.properties:
+                plain = json.dumps(event.properties, separators=(",", ":"), ensure_ascii=False)
+                sealed = keys.seal(
+                    conn, event.subject_id, plain.encode(), properties_context(region, row_id)
+                )
+            rows.append(
+                {
+                    "id": row_id,
+                    "region": region,
+                    "event_id": event.id,
+                    "subject_id": event.subject_id,
+                    "type": event.type,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                    "properties": sealed,
+                    "fingerprint": fingerprints[event.id],
+                    "source": caller.principal.id,
+                }
+            )
+            entity = ENTITIES_BY_PREFIX[event.subject_id[:3]].name
+            by_event[event.id] = Activity(row_id, event.type, event.subject_id, entity)
+        repo.insert_activities(conn, rows)
+        # A concurrent request with the same events may have stored some first: only
+        # the rows that are ours feed scoring and rules.
+        ours = (
+            set(
+                conn.execute(
+                    select(activity_events.c.id).where(
+                        activity_events.c.id.in_([r["id"] for r in rows])
+                    )
+                ).scalars()
+            )
+            if rows
+            else set()
+        )
+        return [a for a in by_event.values() if a.id in ours]
+
+    def _fingerprint(self, event: Incoming) -> bytes:
+        return hmac.new(self._key, event.canonical(), hashlib.sha256).digest()
+
+    def _parse(self, body: Mapping[str, Any], now: datetime) -> list[Incoming]:
+        unknown = sorted(set(body) - {"events"})
+        events = body.get("events")
+        if unknown or not isinstance(events, list) or not events:
+            raise ValidationFailed(
+                "invalid batch",
+                [FieldError("events", "must be a non-empty list of events")]
+                + [FieldError(name, "is not a field of a batch") for name in unknown],
+            )
+        limit = self._settings.max_events_per_batch
+        if len(events) > limit:
+            raise PayloadTooLarge(f"a batch holds at most {limit} events; split it")
+        errors: list[FieldError] = []
+        parsed: list[Incoming] = []
+        seen: dict[str, int] = {}
+        for index, raw in enumerate(events):
+            found = _event(index, raw, now, errors)
+            if found is None:
+                continue
+            if found.id in seen:
+                errors.append(
+                    FieldError(f"events[{index}].id", f"repeats events[{seen[found.id]}].id")
+                )
+                continue
+            seen[found.id] = index
+            parsed.append(found)
+        if errors:
+            raise ValidationFailed("invalid events; nothing was stored", errors[:100])
+        return parsed
+
+    def _region(self, caller: Caller, events: list[Incoming]) -> str:
+        region = RecordId.parse(events[0].subject_id).region
+        errors = [
+            FieldError(
+                f"events[{e.index}].subject_id", f"must be about a person of {region}, as events[0]"
+            )
+            for e in events
+            if RecordId.parse(e.subject_id).region != region
+        ]
+        if region not in self._records.regions or region not in caller.principal.regions:
+            errors = [
+                FieldError(
+                    f"events[{e.index}].subject_id",
+                    "no lead or contact has that id in your regions",
+                )
+                for e in events
+            ]
+        if errors:
+            raise ValidationFailed("invalid events; nothing was stored", errors[:100])
+        return region
+
+    def _check_subjects(
+        self, conn: Connection, caller: Caller, region: str, events: list[Incoming]
+    ) -> None:
+        """Every subject is a live lead or contact in the caller's read scope (one
+        outside it is answered as one that does not exist)."""
+        access = self._records.access(caller.principal)
+        visible: set[str] = set()
+        for name in SUBJECT_ENTITIES:
+            spec = ENTITIES[name]
+            wanted = sorted(
+                {e.subject_id for e in events if e.subject_id.startswith(spec.prefix + "_")}
+            )
+            scope = access.policy.scope(caller.principal.roles, region, name, "read")
+            if not wanted or not scope.permits_any:
+                continue
+            table = ENTITY_TABLES[name]
+            where = access.where(spec, scope)
+            query = select(table.c.id).where(table.c.id.in_(wanted), *live(table))
+            if where is not None:
+                query = query.where(where)
+            visible.update(str(i) for i in conn.execute(query).scalars())
+        missing = [
+            FieldError(
+                f"events[{e.index}].subject_id", "no lead or contact has that id in your regions"
+            )
+            for e in events
+            if e.subject_id not in visible
+        ]
+        if missing:
+            raise ValidationFailed("invalid events; nothing was stored", missing[:100])
+
+    # -- the timeline ---------------------------------------------------------------------
+
+    def timeline(
+        self, caller: Caller, entity: str, subject_id: str, *, limit: int, cursor: str | None
+    ) -> dict[str, Any]:
+        """A lead's or contact's events, newest first, properties decrypted."""
+        subject = self._records.get(caller, entity, subject_id)  # 404 / 410 / 301 as GET
+        region = str(subject["region"])
+        policy = self._gate.allow(caller, region, "events", "read", [subject_id])
+        fingerprint = f"timeline:{subject_id}"
+        after = None
+        if cursor is not None:
+            position = self._cursors.open(fingerprint, cursor)
+            try:
+                after = (datetime.fromisoformat(str(position.value)), position.id)
+            except ValueError:
+                after = None
+        database = self._records.database(region)
+        keys = self._records.keys
+        with self._records.write(database, "the subject is gone") as conn:
+            rows = repo.timeline(conn, subject_id, after, limit + 1)
+            data = []
+            for row in rows[:limit]:
+                shown: dict[str, Any] = {
+                    "id": row["event_id"],
+                    "type": row["type"],
+                    "occurred_at": row["occurred_at"].isoformat().replace("+00:00", "Z"),
+                    "received_at": row["received_at"].isoformat().replace("+00:00", "Z"),
+                    "properties": None,
+                }
+                if row["properties"] is not None:
+                    try:
+                        plain = keys.unseal(
+                            conn, bytes(row["properties"]), properties_context(region, row["id"])
+                        )
+                        shown["properties"] = json.loads(plain)
+                    except KeyDestroyed:
+                        shown["_erased"] = ["properties"]
+                data.append(shown)
+            self._records.recorder.append(
+                conn,
+                region,
+                self._records.recorder.event(
+                    caller,
+                    policy.version,
+                    action="events.read",
+                    entity="events",
+                    record_ids=[subject_id],
+                    details={"count": len(data)},
+                ),
+            )
+        next_cursor = None
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            next_cursor = self._cursors.seal(
+                fingerprint, Position(last["occurred_at"].isoformat(), last["id"])
+            )
+        return {"data": data, "next_cursor": next_cursor}
+
+
+def subject_events(
+    conn: Connection, keys: Keyring, region: str, subject_ids: list[str]
+) -> list[dict[str, Any]]:
+    """Every activity event about these people, properties decrypted, oldest first:
+    what a data subject's access request returns of their behaviour."""
+    found = []
+    for subject_id in subject_ids:
+        rows = conn.execute(
+            select(activity_events)
+            .where(activity_events.c.subject_id == subject_id)
+            .order_by(activity_events.c.occurred_at, activity_events.c.id)
+        )
+        for row in rows:
+            properties = None
+            if row.properties is not None:
+                try:
+                    context = properties_context(region, row.id)
+                    properties = json.loads(keys.unseal(conn, bytes(row.properties), context))
+                except KeyDestroyed:
+                    properties = None
+            found.append(
+                {
+                    "id": row.event_id,
+                    "subject_id": subject_id,
+                    "type": row.type,
+                    "occurred_at": to_json_value(row.occurred_at),
+                    "received_at": to_json_value(row.received_at),
+                    "properties": properties,
+                }
+            )
+    return found
+
+
+def _event(index: int, raw: object, now: datetime, errors: list[FieldError]) -> Incoming | None:
+    where = f"events[{index}]"
+    if not isinstance(raw, dict):
+        errors.append(FieldError(where, "must be an object"))
+        return None
+    before = len(errors)
+    errors.extend(
+        FieldError(f"{where}.{k}", "is not a field of an event")
+        for k in sorted(set(raw) - _EVENT_KEYS)
+    )
+    event_id = raw.get("id")
+    if not isinstance(event_id, str) or _EVENT_ID.fullmatch(event_id) is None:
+        errors.append(FieldError(f"{where}.id", "must be 1-64 letters, digits or . _ : -"))
+    kind = raw.get("type")
+    if kind not in ACTIVITY_TYPES:
+        errors.append(FieldError(f"{where}.type", f"must be one of {', '.join(ACTIVITY_TYPES)}"))
+    subject = raw.get("subject_id")
+    try:
+        parsed = RecordId.parse(subject) if isinstance(subject, str) else None
+    except InvalidId:
+        parsed = None
+    if parsed is None or parsed.prefix not in ("led", "con"):
+        errors.append(FieldError(f"{where}.subject_id", "must be the id of a lead or a contact"))
+    occurred = _time(raw.get("occurred_at"), now)
+    if occurred is None:
+        errors.append(
+            FieldError(
+                f"{where}.occurred_at",
+                "must be an RFC 3339 time with a zone, not in the future, at most 2 years old",
+            )
+        )
+    properties = raw.get("properties")
+    if isinstance(properties, dict):
+        # Numbers arrive as exact decimals; behaviour properties are counts and sizes.
+        properties = {k: _number(v) for k, v in properties.items()}
+    problem = _properties_problem(properties)
+    if problem is not None:
+        errors.append(FieldError(f"{where}.properties", problem))
+    if len(errors) > before:
+        return None
+    assert isinstance(event_id, str)
+    assert isinstance(kind, str)
+    assert isinstance(subject, str)
+    assert occurred is not None
+    return Incoming(index, event_id, kind, subject, occurred, properties or None)
+
+
+def _number(value: object) -> object:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def _time(value: object, now: datetime) -> datetime | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None or parsed > now + FUTURE_SLACK or parsed < now - MAX_AGE:
+        return None
+    return parsed.astimezone(now.tzinfo)
+
+
+def _properties_problem(properties: object) -> str | None:
+    if properties is None:
+        return None
+    if not isinstance(properties, dict) or len(properties) > MAX_PROPERTIES:
+        return f"must be an object of at most {MAX_PROPERTIES} keys"
+    for key, value in properties.items():
+        if not isinstance(key, str) or _PROPERTY.fullmatch(key) is None:
+            return "keys must be lower-case letters, digits and _"
+        if isinstance(value, str) and len(value) > MAX_PROPERTY_TEXT:
+            return f"text values must be at most {MAX_PROPERTY_TEXT} characters"
+        if value is not None and not isinstance(value, str | int | float | bool):
+            return "values must be text, numbers, true/false or null"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "numbers must be finite"
+    size = len(json.dumps(properties, separators=(",", ":"), ensure_ascii=False))
+    if size > MAX_PROPERTIES_BYTES:
+        return f"must be at most {MAX_PROPERTIES_BYTES} bytes as JSON"
+    return None

@@ -1,0 +1,50 @@
+"""What automation speaks of: its principal, the kinds of triggering events, the
+behaviour events leads and contacts may have, durations, and topic names."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Literal
+
+from bastion.principals.caller import Caller, Cause
+from bastion.principals.tokens import Principal
+
+ROLE = "automation"
+ACTOR = "system:automation"
+# The cause recorded on changes made by lead scoring (rules use their own ids).
+SCORING = "scoring"
+
+EventKind = Literal["created", "updated", "deleted", "activity", "timer"]
+KINDS: tuple[EventKind, ...] = ("created", "updated", "deleted", "activity", "timer")
+
+# Behaviour events `POST /v1/events` takes, about a lead or a contact.
+ACTIVITY_TYPES = ("email_opened", "link_clicked", "page_visited", "form_submitted")
+SUBJECT_ENTITIES = ("leads", "contacts")
+
+RULE_ID_RE = re.compile(r"[a-z][a-z0-9-]{0,63}")
+# A workflow's own webhook topic (`webhook: lead.hot` is delivered as `workflow.lead.hot`).
+TOPIC_RE = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\.[a-z][a-z0-9_]{0,31}){0,3}")
+_DURATION_RE = re.compile(r"([1-9][0-9]{0,5})\s*(m|h|d)")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+MAX_DURATION = timedelta(days=366)
+
+
+def parse_duration(text: object) -> timedelta:
+    """`90m`, `48h`, `14d` as a timedelta; ValueError (saying what is expected) else."""
+    match = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError("must be a duration such as 90m, 48h or 14d")
+    amount, unit = match.groups()
+    duration = timedelta(**{_UNITS[unit]: int(amount)})
+    if duration > MAX_DURATION:
+        raise ValueError("must be at most 366 days")
+    return duration
+
+
+def automation_caller(regions: tuple[str, ...], cause: Cause) -> Caller:
+    """The caller automation acts as: audited as `system:automation`, allowed by the
+    policy's `automation` role, with the automation event as the request id (so every
+    audit event it causes names the event that made it act)."""
+    principal = Principal(ACTOR, "automation", frozenset({ROLE}), regions, ())
+    return Caller(principal, request_id=cause.event_id, cause=cause)

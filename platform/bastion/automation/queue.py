@@ -1,0 +1,180 @@
+"""The automation queue (a `bastion.jobs.runner.Queue`): timers that came due, then
+pending automation events, then what has expired.
+
+A due timer becomes an automation event whose id is derived from the timer's, in the
+transaction that deletes the timer, so a timer fires once even if two workers reach
+it (the second finds the event there already and the timer gone). A scoring timer
+asks for the lead to be scored again instead.
+
+Events are claimed in batches with a lease and processed one by one (`Engine`). An
+event that fails is tried again after `retry_base_seconds`, doubling each time, and
+marked `failed` (with the error's type, never a value) after `max_attempts`.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import structlog
+
+from bastion.automation import repository as repo
+from bastion.automation.engine import Engine
+from bastion.automation.feed import event_row
+from bastion.automation.model import ACTOR, SCORING
+from bastion.automation.settings import AutomationSettings
+from bastion.automation.tables import automation_events, automation_timers
+from bastion.clock import Clock
+from bastion.jobs import lease
+from bastion.jobs.runner import TRANSIENT
+from bastion.residency.databases import Database
+from bastion.residency.ids import RecordId
+
+log = structlog.get_logger("bastion.automation")
+_PURGE_EVERY = timedelta(hours=1)
+
+
+class AutomationQueue:
+    name = "automation"
+
+    def __init__(
+        self, *, engine: Engine, clock: Clock, settings: AutomationSettings, worker_id: str
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._settings = settings
+        self.worker_id = worker_id
+        self._lease = timedelta(seconds=settings.lease_seconds)
+        self._purged: dict[str, datetime] = {}
+
+    def run_region(self, database: Database, stop: threading.Event) -> int:
+        ran = self.fire_timers(database, stop)
+        while not stop.is_set():
+            claimed = self._claim(database)
+            if not claimed:
+                break
+            for event_id in claimed:
+                if stop.is_set():
+                    break
+                self.run(database, event_id)
+                ran += 1
+        self._purge(database)
+        return ran
+
+    def _claim(self, database: Database) -> list[str]:
+        now = self._clock.now()
+        ready = repo.due(automation_events, now)
+        with database.transaction() as conn:
+            if not lease.any_ready(conn, automation_events, ready, now):
+                return []
+        with database.transaction(write=True) as conn:
+            return lease.claim(
+                conn,
+                automation_events,
+                ready=ready,
+                order_by=(automation_events.c.next_attempt_at, automation_events.c.id),
+                worker=self.worker_id,
+                now=now,
+                lease_until=now + self._lease,
+                limit=self._settings.batch_size,
+            )
+
+    def run(self, database: Database, event_id: str) -> str:
+        """Process one claimed event; its status after (`lost`: another worker has it)."""
+        with database.transaction() as conn:
+            event = repo.fetch_event(conn, event_id)
+        if event is None or event["lease_owner"] != self.worker_id:
+            return "lost"
+        try:
+            self._engine.process(database, event)
+        except Exception as exc:  # retried (transient or not), then failed: nothing is lost
+            return self._retry(database, event, exc)
+        with database.transaction(write=True) as conn:
+            settled = repo.finish_event(
+                conn, event_id, self.worker_id, {"status": "done", "finished_at": self._clock.now()}
+            )
+        return "done" if settled else "lost"
+
+    def _retry(self, database: Database, event: dict[str, object], exc: Exception) -> str:
+        attempts = int(str(event["attempts"])) + 1
+        problem = type(exc).__name__
+        if not isinstance(exc, TRANSIENT):
+            log.error("automation_event_crashed", event=event["id"], error_type=problem)
+        now = self._clock.now()
+        values: dict[str, object] = {"attempts": attempts, "error": problem[:200]}
+        if attempts >= self._settings.max_attempts:
+            values |= {"status": "failed", "finished_at": now}
+        else:
+            wait = lease.backoff(
+                attempts, base_seconds=self._settings.retry_base_seconds, cap_seconds=3600
+            )
+            values["next_attempt_at"] = now + wait
+        with database.transaction(write=True) as conn:
+            repo.finish_event(conn, str(event["id"]), self.worker_id, values)
+        return str(values.get("status", "pending"))
+
+    # -- timers --------------------------------------------------------------------------
+
+    def fire_timers(self, database: Database, stop: threading.Event) -> int:
+        """Turn every due timer of the region into its automation event (or rescore)."""
+        fired = 0
+        while not stop.is_set():
+            now = self._clock.now()
+            ready = [automation_timers.c.due_at <= now]
+            with database.transaction() as conn:
+                if not lease.any_ready(conn, automation_timers, ready, now):
+                    break
+            with database.transaction(write=True) as conn:
+                claimed = lease.claim(
+                    conn,
+                    automation_timers,
+                    ready=ready,
+                    order_by=(automation_timers.c.due_at, automation_timers.c.id),
+                    worker=self.worker_id,
+                    now=now,
+                    lease_until=now + self._lease,
+                    limit=self._settings.batch_size,
+                )
+            for timer_id in claimed:
+                fired += self._fire(database, timer_id)
+            if not claimed:
+                break
+        return fired
+
+    def _fire(self, database: Database, timer_id: str) -> int:
+        now = self._clock.now()
+        with database.transaction(write=True) as conn:
+            timer = repo.fetch_timer(conn, timer_id)
+            if timer is None or not repo.delete_timer(conn, timer_id, self.worker_id):
+                return 0
+            if timer["rule_id"] == SCORING:
+                repo.request_rescores(conn, database.name, [timer["record_id"]], now)
+                return 1
+            # The event's id is the timer's: a timer fires once, however often reached.
+            event_id = str(RecordId("aev", database.name, RecordId.parse(timer_id).uuid))
+            repo.insert_events(
+                conn,
+                [
+                    event_row(
+                        database.name,
+                        "timer",
+                        timer["entity"],
+                        timer["record_id"],
+                        now,
+                        rule_id=timer["rule_id"],
+                        actor=ACTOR,
+                        event_id=event_id,
+                    )
+                ],
+            )
+        return 1
+
+    def _purge(self, database: Database) -> None:
+        """Finished events and their runs past `keep_days` (at most hourly)."""
+        now = self._clock.now()
+        last = self._purged.get(database.name)
+        if last is not None and now - last < _PURGE_EVERY:
+            return
+        self._purged[database.name] = now
+        with database.transaction(write=True) as conn:
+            repo.purge_events(conn, now - timedelta(days=self._settings.keep_days))

@@ -1,0 +1,250 @@
+"""Scoring leads: the rescoring queue, and a lead's score explained.
+
+`RescoreQueue` (a `bastion.jobs.runner.Queue`) takes the leads asked to be scored
+again (new behaviour events, a firmographic field changed, a decay timer), reads each
+through the pipeline as `system:automation`, computes its score (`scoring`) and, when
+it changed, writes it with `RecordService.update` — audited under automation, with
+the history row in the same transaction. That write is a change like any other:
+rules on `score` (assign a lead that passes 80) hear it, with `scoring` as its
+cause. A lead whose score holds decaying points gets a timer to be scored again.
+
+`ScoreService.explain` answers `GET /v1/leads/{id}/score`: the lead's score, the
+breakdown of the computation that gave it, and its history — to a caller who may
+read the lead and its `score`; breakdown items about fields it may not read, or
+about behaviour events when it may not read those, are summed up as
+`withheld_points` instead of shown.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection
+
+from bastion.automation import repository as repo
+from bastion.automation.feed import timer_row
+from bastion.automation.model import SCORING, automation_caller
+from bastion.automation.scoring import SCORED_ENTITY, ScoringModel
+from bastion.automation.tables import automation_rescores
+from bastion.clock import Clock
+from bastion.crm.access import FieldsForbidden
+from bastion.crm.records import Record, etag, to_json_value
+from bastion.crm.service import RecordService
+from bastion.errors import BastionError, PreconditionFailed
+from bastion.jobs import lease
+from bastion.jobs.runner import TRANSIENT
+from bastion.policy.engine import Policy
+from bastion.principals.caller import Caller, Cause
+from bastion.residency.databases import Database
+from bastion.residency.ids import RecordId
+
+log = structlog.get_logger("bastion.automation")
+HISTORY = 50
+
+
+class RescoreQueue:
+    name = "scoring"
+
+    def __init__(
+        self,
+        *,
+        records: RecordService,
+        model: Callable[[], ScoringModel | None],
+        clock: Clock,
+        worker_id: str,
+        lease_seconds: int,
+        batch_size: int,
+        retry_base_seconds: float,
+    ) -> None:
+        self._records = records
+        self._model = model
+        self._clock = clock
+        self.worker_id = worker_id
+        self._lease = timedelta(seconds=lease_seconds)
+        self._batch = batch_size
+        self._retry = retry_base_seconds
+
+    def run_region(self, database: Database, stop: threading.Event) -> int:
+        scored = 0
+        while not stop.is_set():
+            now = self._clock.now()
+            ready = repo.due(automation_rescores, now)
+            with database.transaction() as conn:
+                if not lease.any_ready(conn, automation_rescores, ready, now):
+                    break
+            with database.transaction(write=True) as conn:
+                claimed = lease.claim(
+                    conn,
+                    automation_rescores,
+                    ready=ready,
+                    order_by=(automation_rescores.c.next_attempt_at,),
+                    worker=self.worker_id,
+                    now=now,
+                    lease_until=now + self._lease,
+                    limit=self._batch,
+                )
+            if not claimed:
+                break
+            for lead_id in claimed:
+                self.rescore(database, lead_id)
+                scored += 1
+        return scored
+
+    def rescore(self, database: Database, lead_id: str) -> int | None:
+        """Score one claimed lead; its score (None if it was not scored)."""
+        with database.transaction() as conn:
+            request = repo.fetch_rescore(conn, lead_id)
+        if request is None or request["lease_owner"] != self.worker_id:
+            return None
+        model = self._model()
+        try:
+            score = self._score(database, lead_id, model) if model is not None else None
+        except TRANSIENT:
+            self._later(database, request)
+            return None
+        except PreconditionFailed:  # the lead changed while it was scored: again, soon
+            self._later(database, request, wait=False)
+            return None
+        except BastionError as exc:  # gone, erased, or automation may not read or write it
+            log.info("rescore_dropped", lead=lead_id, problem=exc.slug)
+            score = None
+        with database.transaction(write=True) as conn:
+            repo.finish_rescore(conn, lead_id, self.worker_id, request["requested_at"])
+        return score
+
+    def _score(self, database: Database, lead_id: str, model: ScoringModel) -> int:
+        now = self._clock.now()
+        cause = Cause(f"scoring:{lead_id}", SCORING, 0)
+        caller = automation_caller(self._records.regions.names, cause)
+        lead = self._records.get(caller, SCORED_ENTITY, lead_id)
+        with database.transaction() as conn:
+            events = repo.behaviour(conn, lead_id, sorted(model.event_types), now - model.horizon)
+        result = model.compute(lead, events, now)
+        if lead.get("score") != result.value:
+
+            def history(conn: Connection, written: Record) -> None:
+                repo.insert_score(
+                    conn,
+                    {
+                        "id": str(RecordId.new("lsc", database.name, now)),
+                        "region": database.name,
+                        "lead_id": lead_id,
+                        "model": model.id,
+                        "score": result.value,
+                        "previous": lead.get("score"),
+                        "breakdown": list(result.breakdown),
+                        "computed_at": now,
+                    },
+                )
+
+            self._records.update(
+                caller,
+                SCORED_ENTITY,
+                lead_id,
+                {"score": result.value},
+                if_match=etag(lead),
+                also=history,
+            )
+        with database.transaction(write=True) as conn:
+            if result.behavioural_points > 0:
+                due = now + model.rescore_every
+                repo.set_timers(
+                    conn,
+                    [timer_row(database.name, SCORING, SCORED_ENTITY, lead_id, due, now)],
+                    move=True,
+                )
+            else:
+                repo.drop_timers(conn, [lead_id])
+        return result.value
+
+    def _later(self, database: Database, request: dict[str, Any], *, wait: bool = True) -> None:
+        attempts = int(request["attempts"]) + 1
+        delay = (
+            lease.backoff(attempts, base_seconds=self._retry, cap_seconds=3600)
+            if wait
+            else timedelta(0)
+        )
+        with database.transaction(write=True) as conn:
+            lease.update_if_leased(
+                conn,
+                automation_rescores,
+                request["record_id"],
+                self.worker_id,
+                {
+                    "attempts": attempts,
+                    "next_attempt_at": self._clock.now() + delay,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                },
+            )
+
+
+class ScoreService:
+    def __init__(
+        self,
+        *,
+        records: RecordService,
+        model: Callable[[], ScoringModel | None],
+        policy: Callable[[], Policy],
+    ) -> None:
+        self._records = records
+        self._model = model
+        self._policy = policy
+
+    def explain(self, caller: Caller, lead_id: str) -> dict[str, Any]:
+        """A lead's score, how it was computed and its history, as `caller` may see them."""
+        lead = self._records.get(caller, SCORED_ENTITY, lead_id)
+        if "score" not in lead:
+            raise FieldsForbidden("you may not read this lead's score", ["leads.score"])
+        region = str(lead["region"])
+        policy = self._policy()
+        events_readable = policy.allows(caller.principal.roles, region, "events", "read")
+        database = self._records.database(region)
+        with self._records.write(database, "the lead is gone") as conn:
+            history = repo.scores(conn, lead_id, HISTORY)
+            self._records.recorder.append(
+                conn,
+                region,
+                self._records.recorder.event(
+                    caller,
+                    policy.version,
+                    action="score.read",
+                    entity=SCORED_ENTITY,
+                    record_ids=[lead_id],
+                ),
+            )
+        readable = {name for name in lead if not name.startswith("_")}
+        breakdown: list[dict[str, Any]] = []
+        withheld = 0.0
+        latest = history[0] if history else None
+        for item in (latest or {}).get("breakdown", []):
+            if item["kind"] == "firmographic":
+                shown = set(item["fields"]) <= readable
+            else:
+                shown = events_readable
+            if shown:
+                breakdown.append(item)
+            else:
+                withheld += float(item["points"])
+        model = self._model()
+        return {
+            "lead_id": lead_id,
+            "region": region,
+            "score": lead["score"],
+            "model": latest["model"] if latest else (model.id if model else None),
+            "computed_at": to_json_value(latest["computed_at"]) if latest else None,
+            "breakdown": breakdown,
+            "withheld_points": round(withheld, 2),
+            "history": [
+                {
+                    "score": entry["score"],
+                    "previous": entry["previous"],
+                    "computed_at": to_json_value(entry["computed_at"]),
+                }
+                for entry in history
+            ],
+        }
