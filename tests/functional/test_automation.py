@@ -20,6 +20,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from bastion.automation.queue import AutomationQueue
+from bastion.automation.rules import parse_workflows
 from bastion.automation.tables import automation_events, automation_runs
 from bastion.state import State
 from tests.conftest import FrozenClock, Tokens
@@ -228,3 +229,100 @@ def test_a_lead_whose_score_passes_80_is_assigned_in_turn_within_the_senior_team
     ]
     assert [e["status"] for e in latest["effects"]] == ["done", "done", "done"]
     assert latest["depth"] == 1  # the score's change, made by scoring, was one level down
+
+
+PING_PONG = """
+rules:
+  - id: to-nurturing
+    entity: leads
+    trigger: {on: changed, fields: [status]}
+    when: "status == working"
+    actions: [{set: {status: nurturing}}]
+  - id: to-working
+    entity: leads
+    trigger: {on: changed, fields: [status]}
+    when: "status == nurturing"
+    actions: [{set: {status: working}}]
+  - id: stamp-industry
+    entity: leads
+    trigger: {on: changed, fields: [industry]}
+    actions: [{set: {industry: stamped}}]
+  - id: close-new-tasks
+    entity: activities
+    trigger: {on: created}
+    when: "type == task"
+    actions: [{set: {status: completed}}]
+"""
+
+
+def test_rules_do_not_retrigger_themselves_and_chains_stop_at_the_depth_bound(
+    client: TestClient, state: State, tokens: Tokens, admin: dict[str, str]
+) -> None:
+    state.automation.workflows = parse_workflows({"loops.yaml": PING_PONG})
+    state.automation.scoring = None
+    lead = create(client, "leads", lead_body(region="eu", status="new"), admin)
+    changed = client.patch(
+        f"/v1/leads/{lead['id']}",
+        json={"status": "working", "industry": "retail"},
+        headers={**admin, "If-Match": '"v1"'},
+    )
+    assert changed.status_code == 200
+    drain(state)
+
+    runs = client.get(f"/v1/automation/runs?record_id={lead['id']}&limit=200", headers=admin)
+    decided = runs.json()["data"]
+    # Rules decide on the record as it is when they run. Each automated change is one
+    # level deeper than the change it answered; a rule never answers its own change,
+    # never fires twice on one version of the record, and past depth 3 nothing fires.
+    suppressed = {
+        (r["rule_id"], r["reasons"][0]["code"]) for r in decided if r["outcome"] == "suppressed"
+    }
+    assert ("stamp-industry", "own-change") in suppressed
+    assert ("to-working", "own-change") in suppressed
+    limits = [
+        r for r in decided if r["reasons"][:1] and r["reasons"][0].get("code") == "chain-limit"
+    ]
+    assert limits
+    assert all(r["depth"] == 4 for r in limits)
+    fired = [r for r in decided if r["outcome"] == "fired"]
+    assert max(r["depth"] for r in fired) == 3
+    assert len(fired) == len(
+        {(r["rule_id"], r["effects"][0]["record_id"], r["decided_at"]) for r in fired}
+    )
+    with state.regions.get("eu").transaction() as conn:
+        versions = conn.execute(
+            select(automation_runs.c.rule_id, automation_runs.c.fired_version).where(
+                automation_runs.c.record_id == lead["id"], automation_runs.c.outcome == "fired"
+            )
+        ).all()
+    assert len(versions) == len(set(versions)) == len(fired)
+    updates = [
+        e
+        for e in audit_events(client, lead["id"], tokens.headers("auditor", name="auditor"))
+        if e["action"] == "record.update" and e["actor"] == "system:automation"
+    ]
+    assert len(updates) == len([r for r in fired if r["effects"][0]["status"] == "done"]) <= 8
+    assert client.get(f"/v1/leads/{lead['id']}", headers=admin).json()["industry"] == "stamped"
+
+
+def test_an_action_the_policy_refuses_automation_is_recorded_as_failed(
+    client: TestClient, state: State, admin: dict[str, str]
+) -> None:
+    state.automation.workflows = parse_workflows({"loops.yaml": PING_PONG})
+    account = create(client, "accounts", {"name": "Nordlicht", "region": "eu"}, admin)
+    task = create(
+        client,
+        "activities",
+        {
+            "type": "task",
+            "subject": "Send the offer",
+            "status": "planned",
+            "account_id": account["id"],
+        },
+        admin,
+    )
+    drain(state)
+    (run,) = client.get(f"/v1/automation/runs?record_id={task['id']}", headers=admin).json()["data"]
+    assert run["outcome"] == "fired"
+    assert [(e["status"], e["error"]) for e in run["effects"]] == [("failed", "forbidden")]
+    assert client.get(f"/v1/activities/{task['id']}", headers=admin).json()["status"] == "planned"

@@ -169,42 +169,71 @@ class Engine:
         if earlier is not None:
             return earlier
         outcome, reasons = self._judge(event, rule, record)
+        for _ in range(2):
+            try:
+                return self._record_decision(
+                    database, event, rule, trigger_id, record, outcome, reasons
+                )
+            except IntegrityError:
+                # Another worker decided first (the unique trigger and rule), or fired
+                # the rule on this very version of the record: its decision stands, and
+                # everything this transaction did (a rotation's turn) is undone.
+                with database.transaction() as conn:
+                    decided = repo.run_for(conn, trigger_id, rule.id)
+                if decided is not None:
+                    return decided
+        raise RuntimeError("a rule's decision could be neither recorded nor found")
+
+    def _record_decision(
+        self,
+        database: Database,
+        event: dict[str, Any],
+        rule: Rule,
+        trigger_id: str,
+        record: dict[str, Any] | None,
+        outcome: str,
+        reasons: list[dict[str, Any]],
+    ) -> dict[str, Any]:
         now = self._clock.now()
-        try:
-            with database.transaction(write=True) as conn:
-                earlier = repo.run_for(conn, trigger_id, rule.id)
-                if earlier is not None:
-                    return earlier
-                plan: list[dict[str, Any]] = []
-                if outcome == "fired":
-                    assert record is not None
-                    plan = self._plan(conn, database.name, rule, record, now)
-                run = {
-                    "id": str(RecordId.new("arn", database.name, now)),
-                    "region": database.name,
-                    "trigger_id": trigger_id,
-                    "event_id": event["id"],
-                    "rule_id": rule.id,
-                    "entity": rule.entity,
-                    "record_id": event["record_id"],
-                    "outcome": outcome,
-                    "reasons": reasons,
-                    "plan": plan,
-                    "depth": int(event["depth"]),
-                    "decided_at": now,
-                }
-                repo.insert_run(conn, run)
-                if outcome in ("fired", "suppressed"):
-                    self._audit(conn, database.name, run, trigger_id)
-            self._records.recorder.committed(database)
-        except IntegrityError:
-            # Another worker decided first (the unique trigger and rule): its decision
-            # stands, and everything this transaction did (a rotation's turn) is undone.
-            with database.transaction() as conn:
-                decided = repo.run_for(conn, trigger_id, rule.id)
-            if decided is None:
-                raise
-            return decided
+        with database.transaction(write=True) as conn:
+            earlier = repo.run_for(conn, trigger_id, rule.id)
+            if earlier is not None:
+                return earlier
+            fired_version = None
+            if (
+                outcome == "fired"
+                and record is not None
+                and event["kind"] in ("created", "updated")
+            ):
+                fired_version = int(record["version"])
+                if repo.fired_on(conn, rule.id, str(record["id"]), fired_version):
+                    outcome, fired_version = "suppressed", None
+                    reasons = [{"code": "same-version", "version": int(record["version"])}]
+            plan: list[dict[str, Any]] = []
+            if outcome == "fired":
+                assert record is not None
+                plan = self._plan(conn, database.name, rule, record, now)
+            run = {
+                "id": str(RecordId.new("arn", database.name, now)),
+                "region": database.name,
+                "trigger_id": trigger_id,
+                "event_id": event["id"],
+                "rule_id": rule.id,
+                "entity": rule.entity,
+                "record_id": event["record_id"],
+                "outcome": outcome,
+                "reasons": reasons,
+                "plan": plan,
+                "depth": int(event["depth"]),
+                "fired_version": fired_version,
+                "decided_at": now,
+            }
+            repo.insert_run(conn, run)
+            if outcome == "fired" or reasons[:1] == [
+                {"code": "chain-limit", "depth": run["depth"]}
+            ]:
+                self._audit(conn, database.name, run, trigger_id)
+        self._records.recorder.committed(database)
         return run
 
     def _judge(

@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from bastion.automation import paging
 from bastion.automation import repository as repo
 from bastion.automation.feed import Activity, ChangeFeed
 from bastion.automation.model import ACTIVITY_TYPES, SUBJECT_ENTITIES
@@ -40,7 +41,7 @@ from bastion.automation.settings import AutomationSettings
 from bastion.automation.tables import activity_events
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec
 from bastion.crm.records import to_json_value
 from bastion.crm.repository import live
 from bastion.crm.service import RecordService
@@ -301,19 +302,19 @@ class ActivityEvents:
         region = str(subject["region"])
         policy = self._gate.allow(caller, region, "events", "read", [subject_id])
         fingerprint = f"timeline:{subject_id}"
-        after = None
-        if cursor is not None:
-            position = self._cursors.open(fingerprint, cursor)
-            try:
-                after = (datetime.fromisoformat(str(position.value)), position.id)
-            except ValueError:
-                after = None
+        after = paging.position(self._cursors, fingerprint, cursor)
         database = self._records.database(region)
         keys = self._records.keys
         with self._records.write(database, "the subject is gone") as conn:
-            rows = repo.timeline(conn, subject_id, after, limit + 1)
+            rows, next_cursor = paging.page(
+                self._cursors,
+                fingerprint,
+                repo.timeline(conn, subject_id, after, limit + 1),
+                limit,
+                "occurred_at",
+            )
             data = []
-            for row in rows[:limit]:
+            for row in rows:
                 shown: dict[str, Any] = {
                     "id": row["event_id"],
                     "type": row["type"],
@@ -341,12 +342,6 @@ class ActivityEvents:
                     record_ids=[subject_id],
                     details={"count": len(data)},
                 ),
-            )
-        next_cursor = None
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            next_cursor = self._cursors.seal(
-                fingerprint, Position(last["occurred_at"].isoformat(), last["id"])
             )
         return {"data": data, "next_cursor": next_cursor}
 

@@ -7,7 +7,18 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Table, delete, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Select,
+    Table,
+    and_,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bastion.automation.tables import (
@@ -146,6 +157,16 @@ def run_for(conn: Connection, trigger_id: str, rule_id: str) -> dict[str, Any] |
     return None if row is None else dict(row._mapping)
 
 
+def fired_on(conn: Connection, rule_id: str, record_id: str, version: int) -> bool:
+    """Whether the rule fired on this version of the record already."""
+    query = select(automation_runs.c.id).where(
+        automation_runs.c.rule_id == rule_id,
+        automation_runs.c.record_id == record_id,
+        automation_runs.c.fired_version == version,
+    )
+    return conn.execute(query).first() is not None
+
+
 def insert_run(conn: Connection, values: Mapping[str, Any]) -> None:
     conn.execute(insert(automation_runs).values(**values))
 
@@ -159,26 +180,37 @@ def insert_effect(conn: Connection, values: Mapping[str, Any]) -> None:
     conn.execute(insert(automation_effects).values(**values))
 
 
+def newest_first(
+    query: Select[Any],
+    column: ColumnElement[Any],
+    key: ColumnElement[Any],
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> Select[Any]:
+    """`query` ordered newest first on (`column`, `key`), after the keyset `before`
+    (ids alone are not enough: two made in the same millisecond sort at random)."""
+    if before is not None:
+        at, last = before
+        query = query.where(or_(column < at, and_(column == at, key < last)))
+    return query.order_by(column.desc(), key.desc()).limit(limit)
+
+
 def runs(
     conn: Connection,
     *,
     record_id: str | None,
     rule_id: str | None,
-    before: str | None,
+    before: tuple[datetime, str] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first (ids are time-ordered), with their effects."""
+    """Runs, newest first, with their effects."""
     query = select(automation_runs)
     if record_id is not None:
         query = query.where(automation_runs.c.record_id == record_id)
     if rule_id is not None:
         query = query.where(automation_runs.c.rule_id == rule_id)
-    if before is not None:
-        query = query.where(automation_runs.c.id < before)
-    found = [
-        dict(r._mapping)
-        for r in conn.execute(query.order_by(automation_runs.c.id.desc()).limit(limit))
-    ]
+    query = newest_first(query, automation_runs.c.decided_at, automation_runs.c.id, before, limit)
+    found = [dict(r._mapping) for r in conn.execute(query)]
     if found:
         effects = conn.execute(
             select(automation_effects).where(
@@ -317,17 +349,14 @@ def timeline(
     conn: Connection, subject_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[dict[str, Any]]:
     """A subject's events, newest first, keyset-paginated on (occurred_at, id)."""
-    query = select(activity_events).where(activity_events.c.subject_id == subject_id)
-    if after is not None:
-        at, last = after
-        query = query.where(
-            or_(
-                activity_events.c.occurred_at < at,
-                (activity_events.c.occurred_at == at) & (activity_events.c.id < last),
-            )
-        )
-    query = query.order_by(activity_events.c.occurred_at.desc(), activity_events.c.id.desc())
-    return [dict(r._mapping) for r in conn.execute(query.limit(limit))]
+    query = newest_first(
+        select(activity_events).where(activity_events.c.subject_id == subject_id),
+        activity_events.c.occurred_at,
+        activity_events.c.id,
+        after,
+        limit,
+    )
+    return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def forget_subjects(conn: Connection, record_ids: Sequence[str]) -> int:

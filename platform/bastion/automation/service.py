@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bastion.automation import paging
 from bastion.automation import repository as repo
 from bastion.automation.delivery import DeliveryQueue
 from bastion.automation.engine import Engine
@@ -24,7 +25,7 @@ from bastion.automation.scoring import ScoringModel, load_scoring
 from bastion.automation.webhooks import Webhooks
 from bastion.clock import Clock
 from bastion.config import Settings
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec
 from bastion.crm.records import to_json_value
 from bastion.crm.service import RecordService
 from bastion.dsr.gate import Gate
@@ -154,16 +155,13 @@ class Automation:
             "read",
         )
         fingerprint = f"runs:{name}:{record_id}:{rule_id}"
-        before = self._cursors.open(fingerprint, cursor).id if cursor else None
+        before = paging.position(self._cursors, fingerprint, cursor)
         with self._records.database(name).transaction() as conn:
             found = repo.runs(
                 conn, record_id=record_id, rule_id=rule_id, before=before, limit=limit + 1
             )
-        data = [_shown_run(run) for run in found[:limit]]
-        more = len(found) > limit
-        next_cursor = (
-            self._cursors.seal(fingerprint, Position(None, data[-1]["id"])) if more else None
-        )
+        shown, next_cursor = paging.page(self._cursors, fingerprint, found, limit, "decided_at")
+        data = [_shown_run(run) for run in shown]
         return {"data": data, "next_cursor": next_cursor}
 
 

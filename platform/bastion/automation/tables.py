@@ -102,7 +102,9 @@ automation_timers = Table(
 
 # What each rule decided about each triggering event, once: the unique (trigger,
 # rule) pair is what makes a rule fire exactly once per event, whichever worker or
-# how many workers get to it.
+# how many workers get to it. Rules decide on the record as it is when the event is
+# processed, so two events may find it in the same state: `fired_version` keeps the
+# rule from firing twice on one state.
 automation_runs = Table(
     "automation_runs",
     region_metadata,
@@ -121,9 +123,14 @@ automation_runs = Table(
     # The actions decided on, fully resolved (the owner round-robin chose, …).
     Column("plan", _JSON, nullable=False),
     Column("depth", Integer, nullable=False),
+    # For a fired rule on a record change: the record's version it fired on. Unique
+    # with the rule and record (nulls never collide), so two events that find the
+    # record in the same state make the rule fire once.
+    Column("fired_version", Integer, nullable=True),
     Column("decided_at", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("id"),
     UniqueConstraint("trigger_id", "rule_id"),
+    UniqueConstraint("rule_id", "record_id", "fired_version"),
 )
 
 # One row per action of a fired rule, written in the transaction of the action's own

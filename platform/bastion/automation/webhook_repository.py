@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, exists, insert, select, update
 
-from bastion.automation.repository import insert_ignoring
+from bastion.automation.repository import insert_ignoring, newest_first
 from bastion.automation.tables import (
     webhook_attempts,
     webhook_deliveries,
@@ -46,12 +47,17 @@ def topics_of(conn: Connection, subscription_ids: Sequence[str]) -> dict[str, li
     return {s: sorted(t) for s, t in topics.items()}
 
 
-def list_subscriptions(conn: Connection, *, before: str | None, limit: int) -> list[dict[str, Any]]:
+def list_subscriptions(
+    conn: Connection, *, before: tuple[datetime, str] | None, limit: int
+) -> list[dict[str, Any]]:
     """Active subscriptions, newest first."""
-    query = select(webhook_subscriptions).where(webhook_subscriptions.c.status == ACTIVE)
-    if before is not None:
-        query = query.where(webhook_subscriptions.c.id < before)
-    query = query.order_by(webhook_subscriptions.c.id.desc()).limit(limit)
+    query = newest_first(
+        select(webhook_subscriptions).where(webhook_subscriptions.c.status == ACTIVE),
+        webhook_subscriptions.c.created_at,
+        webhook_subscriptions.c.id,
+        before,
+        limit,
+    )
     found = [dict(r._mapping) for r in conn.execute(query)]
     topics = topics_of(conn, [s["id"] for s in found])
     for subscription in found:
@@ -59,7 +65,7 @@ def list_subscriptions(conn: Connection, *, before: str | None, limit: int) -> l
     return found
 
 
-def delete_subscription(conn: Connection, subscription_id: str, now: Any) -> bool:
+def delete_subscription(conn: Connection, subscription_id: str, now: datetime) -> bool:
     """Mark a subscription deleted (its secret dropped); pending deliveries are
     cancelled. Whether it was active."""
     result = conn.execute(
@@ -143,7 +149,7 @@ def deliveries(
     subscription_id: str,
     *,
     status: str | None,
-    before: str | None,
+    before: tuple[datetime, str] | None,
     limit: int,
 ) -> list[dict[str, Any]]:
     """A subscription's deliveries, newest first."""
@@ -152,9 +158,9 @@ def deliveries(
     )
     if status is not None:
         query = query.where(webhook_deliveries.c.status == status)
-    if before is not None:
-        query = query.where(webhook_deliveries.c.id < before)
-    query = query.order_by(webhook_deliveries.c.id.desc()).limit(limit)
+    query = newest_first(
+        query, webhook_deliveries.c.created_at, webhook_deliveries.c.id, before, limit
+    )
     return [dict(r._mapping) for r in conn.execute(query)]
 
 

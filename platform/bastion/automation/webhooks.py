@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from bastion.automation import paging
 from bastion.automation import webhook_repository as repo
 from bastion.automation.model import TOPIC_RE
 from bastion.automation.outbound import check_url
@@ -33,7 +34,7 @@ from bastion.automation.settings import WebhookSettings
 from bastion.automation.signing import new_secret
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES
-from bastion.crm.cursors import CursorCodec, Position
+from bastion.crm.cursors import CursorCodec
 from bastion.crm.records import to_json_value
 from bastion.crypto.envelope import FieldContext
 from bastion.crypto.keyring import Keyring
@@ -251,14 +252,11 @@ class Webhooks:
         chosen = region or (caller.principal.default_region if caller.principal.regions else "")
         (name,) = self._gate.listed_regions(caller, chosen or None, "webhooks", "read")
         fingerprint = f"webhooks:{name}"
-        before = self._cursors.open(fingerprint, cursor).id if cursor else None
+        before = paging.position(self._cursors, fingerprint, cursor)
         with self._regions.get(name).transaction() as conn:
             found = repo.list_subscriptions(conn, before=before, limit=limit + 1)
-        page = [show(s) for s in found[:limit]]
-        more = len(found) > limit
-        next_cursor = (
-            self._cursors.seal(fingerprint, Position(None, page[-1]["id"])) if more else None
-        )
+        shown, next_cursor = paging.page(self._cursors, fingerprint, found, limit, "created_at")
+        page = [show(s) for s in shown]
         return {"data": page, "next_cursor": next_cursor}
 
     def get(self, caller: Caller, subscription_id: str) -> dict[str, Any]:
@@ -297,18 +295,15 @@ class Webhooks:
         region = self._gate.route(caller, subscription_id, "whk", "webhook subscription")
         self._gate.allow(caller, region, "webhooks", "read", [subscription_id])
         fingerprint = f"deliveries:{subscription_id}:{status}"
-        before = self._cursors.open(fingerprint, cursor).id if cursor else None
+        before = paging.position(self._cursors, fingerprint, cursor)
         with self._regions.get(region).transaction() as conn:
             self._subscription(conn, subscription_id, deleted_too=True)
             found = repo.deliveries(
                 conn, subscription_id, status=status, before=before, limit=limit + 1
             )
-            attempts = repo.attempts_of(conn, [d["id"] for d in found[:limit]])
-        page = [show_delivery(d, attempts[d["id"]]) for d in found[:limit]]
-        more = len(found) > limit
-        next_cursor = (
-            self._cursors.seal(fingerprint, Position(None, page[-1]["id"])) if more else None
-        )
+            shown, next_cursor = paging.page(self._cursors, fingerprint, found, limit, "created_at")
+            attempts = repo.attempts_of(conn, [d["id"] for d in shown])
+        page = [show_delivery(d, attempts[d["id"]]) for d in shown]
         return {"data": page, "next_cursor": next_cursor}
 
     def replay(self, caller: Caller, subscription_id: str, delivery_id: str) -> dict[str, Any]:

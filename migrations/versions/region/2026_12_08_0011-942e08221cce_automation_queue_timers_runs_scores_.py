@@ -1,8 +1,8 @@
-"""automation: events, timers, runs, scores, activity events, webhooks
+"""automation: queue, timers, runs, scores, activity events, webhooks
 
-Revision ID: f232b70c9552
+Revision ID: 942e08221cce
 Revises: deeb413611b4
-Create Date: 2026-12-07 23:48:59.594218
+Create Date: 2026-12-08 00:11:30.718113
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "f232b70c9552"
+revision: str = "942e08221cce"
 down_revision: str | None = "deeb413611b4"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -127,8 +127,15 @@ def upgrade() -> None:
         ),
         sa.Column("plan", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=False),
         sa.Column("depth", sa.Integer(), nullable=False),
+        sa.Column("fired_version", sa.Integer(), nullable=True),
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_automation_runs")),
+        sa.UniqueConstraint(
+            "rule_id",
+            "record_id",
+            "fired_version",
+            name=op.f("uq_automation_runs_rule_id_record_id_fired_version"),
+        ),
         sa.UniqueConstraint(
             "trigger_id", "rule_id", name=op.f("uq_automation_runs_trigger_id_rule_id")
         ),
