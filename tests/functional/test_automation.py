@@ -19,7 +19,6 @@ from typing import Any
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from bastion.automation.queue import AutomationQueue
 from bastion.automation.rules import parse_workflows
 from bastion.automation.tables import automation_events, automation_runs
 from bastion.state import State
@@ -84,15 +83,7 @@ def test_a_case_open_past_its_sla_is_escalated_exactly_once_with_two_workers(
 
     clock.advance(timedelta(hours=48, minutes=1))
     database = state.regions.get("eu")
-    first, second = (
-        AutomationQueue(
-            engine=state.automation.queue._engine,
-            clock=state.clock,
-            settings=state.settings.automation,
-            worker_id=name,
-        )
-        for name in ("worker-a", "worker-b")
-    )
+    first, second = (state.automation.worker_queues(name)[0] for name in ("worker-a", "worker-b"))
     stop = threading.Event()
     together(lambda: first.run_region(database, stop), lambda: second.run_region(database, stop))
     drain(state)
@@ -120,7 +111,7 @@ def test_a_case_open_past_its_sla_is_escalated_exactly_once_with_two_workers(
             .one()
             ._mapping
         )
-    engine = state.automation.queue._engine
+    engine = state.automation.engine
     together(
         lambda: engine.process(database, dict(event)), lambda: engine.process(database, dict(event))
     )
@@ -221,11 +212,11 @@ def test_a_lead_whose_score_passes_80_is_assigned_in_turn_within_the_senior_team
         f"/v1/automation/runs?record_id={leads[0]['id']}&rule=assign-hot-leads", headers=auditor
     )
     assert runs.status_code == 200, runs.text
-    # Newest first: the rise to 95 fired it; the first score (45) did not.
-    latest, first = runs.json()["data"]
-    assert (latest["outcome"], first["outcome"]) == ("fired", "not_matched")
-    assert first["reasons"] == [
-        {"condition": "score >= 80 and status in new|working|nurturing", "held": False}
+    # The rise to 95 fired it; the first score (45) could not, so it was not queued.
+    (latest,) = runs.json()["data"]
+    assert latest["outcome"] == "fired"
+    assert latest["reasons"] == [
+        {"condition": "score >= 80 and status in new|working|nurturing", "held": True}
     ]
     assert [e["status"] for e in latest["effects"]] == ["done", "done", "done"]
     assert latest["depth"] == 1  # the score's change, made by scoring, was one level down

@@ -49,9 +49,15 @@ class Actions:
         rule: Rule,
         run: Mapping[str, Any],
         record: Record | None,
+        *,
+        fresh: bool,
     ) -> None:
-        with database.transaction() as conn:
-            done = repo.effects_of(conn, run["id"])
+        """Apply the run's actions that have no effect row yet (`fresh`: the run was
+        decided just now, so none has)."""
+        done: dict[int, dict[str, Any]] = {}
+        if not fresh:
+            with database.transaction() as conn:
+                done = repo.effects_of(conn, run["id"])
         current = record
         for index, step in enumerate(run["plan"]):
             if index in done:

@@ -21,7 +21,7 @@ An activity event names its `type` (`{kind: activity, type: form_submitted}`); a
 case may also give the event's `cause` (the rule whose change it was) and `depth`.
 A case passes when the rule is triggered by the event (else its outcome is
 `not_triggered`) and decides as expected — with the very function the engine uses
-(`engine.judge`), on the record as given.
+(`decision.judge`), on the record as given.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from bastion.automation.engine import judge
+from bastion.automation.decision import judge
 from bastion.automation.model import ACTIVITY_TYPES, ROLE
 from bastion.automation.rules import Rule, Workflows
 from bastion.automation.scoring import SCORED_ENTITY, ScoringModel

@@ -26,7 +26,7 @@ was decided, not what the record would make of it now.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from bastion.audit import AuditEvent
 from bastion.automation import repository as repo
 from bastion.automation.actions import Actions
-from bastion.automation.conditions import evaluate
+from bastion.automation.decision import judge
 from bastion.automation.feed import topics
 from bastion.automation.model import ACTOR, automation_caller, parse_duration
 from bastion.automation.rules import TASK_LINKS, Rule, Workflows
@@ -86,18 +86,18 @@ class Engine:
         reader = automation_caller(regions, Cause(event["id"], "read", int(event["depth"])))
         record = self._read(reader, event)
         for rule, trigger_id in triggered:
-            run = self._decide(database, event, rule, trigger_id, record)
+            run, fresh = self._decide(database, event, rule, trigger_id, record)
             if run["outcome"] == "fired":
                 caller = automation_caller(
                     regions, Cause(event["id"], rule.id, int(event["depth"]))
                 )
-                self._actions.apply(database, caller, rule, run, record)
+                self._actions.apply(database, caller, rule, run, record, fresh=fresh)
 
     # -- what the event triggers ------------------------------------------------------
 
     def _deliver(self, database: Database, event: dict[str, Any]) -> None:
         kind = event["kind"]
-        if kind not in ("created", "updated", "deleted"):
+        if not event["notify"] or kind not in ("created", "updated", "deleted"):
             return
         with database.transaction(write=True) as conn:
             fan_out(
@@ -162,12 +162,9 @@ class Engine:
         rule: Rule,
         trigger_id: str,
         record: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        """The rule's decision about this trigger: made now, or the one made before."""
-        with database.transaction() as conn:
-            earlier = repo.run_for(conn, trigger_id, rule.id)
-        if earlier is not None:
-            return earlier
+    ) -> tuple[dict[str, Any], bool]:
+        """The rule's decision about this trigger, and whether it was made just now
+        (else it is the one another worker, or an earlier attempt, made)."""
         outcome, reasons = self._judge(event, rule, record)
         for _ in range(2):
             try:
@@ -181,7 +178,7 @@ class Engine:
                 with database.transaction() as conn:
                     decided = repo.run_for(conn, trigger_id, rule.id)
                 if decided is not None:
-                    return decided
+                    return decided, False
         raise RuntimeError("a rule's decision could be neither recorded nor found")
 
     def _record_decision(
@@ -193,12 +190,12 @@ class Engine:
         record: dict[str, Any] | None,
         outcome: str,
         reasons: list[dict[str, Any]],
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bool]:
         now = self._clock.now()
         with database.transaction(write=True) as conn:
             earlier = repo.run_for(conn, trigger_id, rule.id)
             if earlier is not None:
-                return earlier
+                return earlier, False
             fired_version = None
             if (
                 outcome == "fired"
@@ -234,7 +231,7 @@ class Engine:
             ]:
                 self._audit(conn, database.name, run, trigger_id)
         self._records.recorder.committed(database)
-        return run
+        return run, True
 
     def _judge(
         self, event: dict[str, Any], rule: Rule, record: dict[str, Any] | None
@@ -321,39 +318,6 @@ class Engine:
                 details={"depth": run["depth"], "actions": len(run["plan"])},
             ),
         )
-
-
-def judge(
-    rule: Rule,
-    *,
-    kind: str,
-    record: Mapping[str, Any] | None,
-    previous: Mapping[str, Any] | None,
-    cause: str | None,
-    depth: int,
-    max_depth: int,
-) -> tuple[str, list[dict[str, Any]]]:
-    """What a rule decides about a triggering event: its outcome and why.
-
-    `fired` when every condition holds (and, for an `entering` rule, did not all
-    hold with the changed fields' old values); `not_matched` otherwise; `suppressed`
-    for the rule's own change or past the chain bound; `skipped` when the record is
-    gone. Pure: `bastion workflows test` runs it on the cases' records."""
-    if cause == rule.id:
-        return "suppressed", [{"code": "own-change"}]
-    if depth > max_depth:
-        return "suppressed", [{"code": "chain-limit", "depth": depth}]
-    if record is None:
-        return "skipped", [{"code": "record-gone"}]
-    old = previous if kind == "updated" else None
-    reasons = evaluate(rule.when, rule.spec, record, old, created=kind == "created")
-    if not all(r.held for r in reasons):
-        return "not_matched", [r.as_json() for r in reasons]
-    if rule.entering and kind == "updated":
-        before = {**record, **(previous or {})}
-        if all(r.held for r in evaluate(rule.when, rule.spec, before, None)):
-            return "not_matched", [*(r.as_json() for r in reasons), {"code": "held-before"}]
-    return "fired", [r.as_json() for r in reasons]
 
 
 def _escalated(rule: Rule, record: dict[str, Any], field: str) -> dict[str, Any] | None:

@@ -6,8 +6,10 @@ for — so a deployment without rules, scoring or subscriptions pays nothing but
 lookup:
 
 - an automation event (the outbox row the rule engine claims later), when a rule
-  hears the change or an active webhook subscription of the region listens to its
-  topic (`leads.updated`, `leads.*`);
+  hears the change and could fire on it (decided on the change's own values, as
+  automation may read them: a score rising from 40 to 45 does not queue the rule
+  for scores past 80), or an active webhook subscription of the region listens to
+  its topic (`leads.updated`, `leads.*`);
 - timers of the entity's time rules (written on create; moved on each change for
   rules timed from the last change; dropped when the record goes);
 - a rescoring request when a lead is created or a field its score depends on changes
@@ -29,13 +31,16 @@ from sqlalchemy import Connection
 
 from bastion.automation import repository as repo
 from bastion.automation import webhook_repository as hooks
-from bastion.automation.model import SCORING
-from bastion.automation.rules import Workflows
+from bastion.automation.decision import judge
+from bastion.automation.model import SCORING, automation_principal
+from bastion.automation.rules import Rule, Workflows
 from bastion.automation.scoring import SCORED_ENTITY, ScoringModel
+from bastion.crm.access import Access
 from bastion.crm.catalog import EntitySpec
 from bastion.crm.pipeline import Change
-from bastion.crm.records import to_json_value
+from bastion.crm.records import WITHHELD, to_json_value
 from bastion.principals.caller import Caller
+from bastion.principals.tokens import Principal
 from bastion.residency.ids import RecordId
 
 
@@ -74,9 +79,15 @@ class ChangeFeed:
         *,
         workflows: Callable[[], Workflows],
         scoring: Callable[[], ScoringModel | None],
+        access: Callable[[Principal], Access],
+        regions: tuple[str, ...],
+        max_depth: int,
     ) -> None:
         self._workflows = workflows
         self._scoring = scoring
+        self._access = access
+        self._automation = automation_principal(regions)
+        self._max_depth = max_depth
 
     def __call__(self, conn: Connection, caller: Caller, changes: Sequence[Change]) -> None:
         if not changes:
@@ -93,7 +104,7 @@ class ChangeFeed:
         region = changes[0].region
         for change in changes:
             entity, kind = change.spec.name, change.kind
-            rules = workflows.for_change(entity, kind, change.fields) if kind != "deleted" else []
+            rules = self._could_fire(change, caller) if kind != "deleted" else []
             topic = f"{entity}.{kind}"
             if topic not in listened:
                 listened[topic] = hooks.listening(conn, topics(entity, kind))
@@ -115,6 +126,7 @@ class ChangeFeed:
                         cause=cause.rule if cause is not None else None,
                         depth=depth,
                         actor=caller.principal.id,
+                        notify=listened[topic],
                     )
                 )
             if kind == "deleted":
@@ -143,6 +155,39 @@ class ChangeFeed:
             repo.request_rescores(conn, region, rescore, changes[0].at)
         if gone:
             repo.drop_timers(conn, gone)
+
+    def _could_fire(self, change: Change, caller: Caller) -> list[Rule]:
+        """The rules a change triggers that could fire on it: decided on the change's
+        own values, as automation may read them (its field mask). One that cannot is
+        not queued at all; one that can is decided again, on the record as read, when
+        its event is processed."""
+        rules = self._workflows().for_change(change.spec.name, change.kind, change.fields)
+        if not rules:
+            return []
+        access = self._access(self._automation)
+        readable = access.readable(change.region, change.spec, change.after)
+        seen = {name: value for name, value in change.after.items() if name in readable}
+        seen[WITHHELD] = [f.name for f in change.spec.fields if f.name not in readable]
+        previous = (
+            kept_previous(change.spec, change.before, change.fields)
+            if change.kind == "updated" and change.before is not None
+            else None
+        )
+        cause = caller.cause
+        return [
+            rule
+            for rule in rules
+            if judge(
+                rule,
+                kind=change.kind,
+                record=seen,
+                previous=previous,
+                cause=cause.rule if cause is not None else None,
+                depth=cause.depth + 1 if cause is not None else 0,
+                max_depth=self._max_depth,
+            )[0]
+            != "not_matched"
+        ]
 
     def activities(
         self,
@@ -198,6 +243,7 @@ def event_row(
     cause: str | None = None,
     depth: int = 0,
     actor: str,
+    notify: bool = False,
     event_id: str | None = None,
 ) -> dict[str, Any]:
     """A new automation event, due now."""
@@ -214,6 +260,7 @@ def event_row(
         "cause": cause,
         "depth": depth,
         "actor": actor,
+        "notify": notify,
         "status": "pending",
         "attempts": 0,
         "next_attempt_at": now,

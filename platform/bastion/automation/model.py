@@ -42,9 +42,13 @@ def parse_duration(text: object) -> timedelta:
     return duration
 
 
+def automation_principal(regions: tuple[str, ...]) -> Principal:
+    """The principal automation is: `system:automation`, with the policy's
+    `automation` role, in every configured region (never a person's)."""
+    return Principal(ACTOR, "automation", frozenset({ROLE}), regions, ())
+
+
 def automation_caller(regions: tuple[str, ...], cause: Cause) -> Caller:
-    """The caller automation acts as: audited as `system:automation`, allowed by the
-    policy's `automation` role, with the automation event as the request id (so every
-    audit event it causes names the event that made it act)."""
-    principal = Principal(ACTOR, "automation", frozenset({ROLE}), regions, ())
-    return Caller(principal, request_id=cause.event_id, cause=cause)
+    """The caller automation acts as, with the automation event as the request id (so
+    every audit event it causes names the event that made it act)."""
+    return Caller(automation_principal(regions), request_id=cause.event_id, cause=cause)

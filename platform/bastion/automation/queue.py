@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -53,11 +54,21 @@ class AutomationQueue:
             claimed = self._claim(database)
             if not claimed:
                 break
-            for event_id in claimed:
+            with database.transaction() as conn:
+                events = repo.fetch_events(conn, claimed)
+            settled: list[tuple[str, dict[str, Any]]] = []
+            for event in events:
                 if stop.is_set():
                     break
-                self.run(database, event_id)
-                ran += 1
+                if event["lease_owner"] == self.worker_id:
+                    settled.append((str(event["id"]), self.process(database, event)))
+                    ran += 1
+            # One transaction settles the batch: a worker killed before it leaves the
+            # batch's events to be processed again, which changes nothing already done
+            # (decisions and effects are unique) and does what was not.
+            with database.transaction(write=True) as conn:
+                for event_id, values in settled:
+                    repo.finish_event(conn, event_id, self.worker_id, values)
         self._purge(database)
         return ran
 
@@ -79,39 +90,28 @@ class AutomationQueue:
                 limit=self._settings.batch_size,
             )
 
-    def run(self, database: Database, event_id: str) -> str:
-        """Process one claimed event; its status after (`lost`: another worker has it)."""
-        with database.transaction() as conn:
-            event = repo.fetch_event(conn, event_id)
-        if event is None or event["lease_owner"] != self.worker_id:
-            return "lost"
+    def process(self, database: Database, event: dict[str, Any]) -> dict[str, Any]:
+        """Process a claimed event; how to settle it: done, or (it failed) its next
+        attempt, or failed for good after `max_attempts`."""
         try:
             self._engine.process(database, event)
         except Exception as exc:  # retried (transient or not), then failed: nothing is lost
-            return self._retry(database, event, exc)
-        with database.transaction(write=True) as conn:
-            settled = repo.finish_event(
-                conn, event_id, self.worker_id, {"status": "done", "finished_at": self._clock.now()}
-            )
-        return "done" if settled else "lost"
+            return self._retry(event, exc)
+        return {"status": "done", "finished_at": self._clock.now()}
 
-    def _retry(self, database: Database, event: dict[str, object], exc: Exception) -> str:
-        attempts = int(str(event["attempts"])) + 1
+    def _retry(self, event: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        attempts = int(event["attempts"]) + 1
         problem = type(exc).__name__
         if not isinstance(exc, TRANSIENT):
             log.error("automation_event_crashed", event=event["id"], error_type=problem)
         now = self._clock.now()
-        values: dict[str, object] = {"attempts": attempts, "error": problem[:200]}
+        values: dict[str, Any] = {"attempts": attempts, "error": problem[:200]}
         if attempts >= self._settings.max_attempts:
-            values |= {"status": "failed", "finished_at": now}
-        else:
-            wait = lease.backoff(
-                attempts, base_seconds=self._settings.retry_base_seconds, cap_seconds=3600
-            )
-            values["next_attempt_at"] = now + wait
-        with database.transaction(write=True) as conn:
-            repo.finish_event(conn, str(event["id"]), self.worker_id, values)
-        return str(values.get("status", "pending"))
+            return values | {"status": "failed", "finished_at": now}
+        wait = lease.backoff(
+            attempts, base_seconds=self._settings.retry_base_seconds, cap_seconds=3600
+        )
+        return values | {"next_attempt_at": now + wait}
 
     # -- timers --------------------------------------------------------------------------
 

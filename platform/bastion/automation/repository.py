@@ -76,11 +76,13 @@ def insert_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
     insert_ignoring(conn, automation_events, rows, ["id"])
 
 
-def fetch_event(conn: Connection, event_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(automation_events).where(automation_events.c.id == event_id)
-    ).one_or_none()
-    return None if row is None else dict(row._mapping)
+def fetch_events(conn: Connection, event_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """These events, in the order given (those that exist)."""
+    rows = conn.execute(
+        select(automation_events).where(automation_events.c.id.in_(list(event_ids)))
+    )
+    found = {row.id: dict(row._mapping) for row in rows}
+    return [found[i] for i in event_ids if i in found]
 
 
 def finish_event(conn: Connection, event_id: str, worker: str, values: Mapping[str, Any]) -> bool:
@@ -141,8 +143,12 @@ def delete_timer(conn: Connection, timer_id: str, worker: str) -> bool:
     return result.rowcount == 1
 
 
-def drop_timers(conn: Connection, record_ids: Sequence[str]) -> None:
-    conn.execute(delete(automation_timers).where(automation_timers.c.record_id.in_(record_ids)))
+def drop_timers(conn: Connection, record_ids: Sequence[str], *, rule_id: str | None = None) -> None:
+    """The records' timers (only the one of `rule_id`, if given)."""
+    query = delete(automation_timers).where(automation_timers.c.record_id.in_(list(record_ids)))
+    if rule_id is not None:
+        query = query.where(automation_timers.c.rule_id == rule_id)
+    conn.execute(query)
 
 
 # -- runs, effects, rotations ------------------------------------------------------------
@@ -270,11 +276,11 @@ def request_rescores(conn: Connection, region: str, lead_ids: Sequence[str], now
     )
 
 
-def fetch_rescore(conn: Connection, lead_id: str) -> dict[str, Any] | None:
-    row = conn.execute(
-        select(automation_rescores).where(automation_rescores.c.record_id == lead_id)
-    ).one_or_none()
-    return None if row is None else dict(row._mapping)
+def fetch_rescores(conn: Connection, lead_ids: Sequence[str]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(automation_rescores).where(automation_rescores.c.record_id.in_(list(lead_ids)))
+    )
+    return [dict(row._mapping) for row in rows]
 
 
 def finish_rescore(conn: Connection, lead_id: str, worker: str, requested_at: datetime) -> bool:
@@ -331,18 +337,24 @@ def insert_activities(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> No
     insert_ignoring(conn, activity_events, rows, ["event_id"])
 
 
-def behaviour(
-    conn: Connection, subject_id: str, types: Sequence[str], since: datetime
-) -> list[tuple[str, datetime]]:
-    """(type, occurred_at) of a subject's events of `types` since `since`."""
-    rows = conn.execute(
-        select(activity_events.c.type, activity_events.c.occurred_at).where(
-            activity_events.c.subject_id == subject_id,
-            activity_events.c.type.in_(list(types)),
-            activity_events.c.occurred_at >= since,
+def behaviour_of(
+    conn: Connection, subject_ids: Sequence[str], types: Sequence[str], since: datetime
+) -> dict[str, list[tuple[str, datetime]]]:
+    """(type, occurred_at) of each subject's events of `types` since `since`."""
+    found: dict[str, list[tuple[str, datetime]]] = {}
+    for start in range(0, len(subject_ids), _CHUNK):
+        rows = conn.execute(
+            select(
+                activity_events.c.subject_id, activity_events.c.type, activity_events.c.occurred_at
+            ).where(
+                activity_events.c.subject_id.in_(list(subject_ids[start : start + _CHUNK])),
+                activity_events.c.type.in_(list(types)),
+                activity_events.c.occurred_at >= since,
+            )
         )
-    )
-    return [(str(r.type), r.occurred_at) for r in rows]
+        for row in rows:
+            found.setdefault(str(row.subject_id), []).append((str(row.type), row.occurred_at))
+    return found
 
 
 def timeline(

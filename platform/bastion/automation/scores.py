@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -28,7 +28,7 @@ from sqlalchemy import Connection
 from bastion.automation import repository as repo
 from bastion.automation.feed import timer_row
 from bastion.automation.model import SCORING, automation_caller
-from bastion.automation.scoring import SCORED_ENTITY, ScoringModel
+from bastion.automation.scoring import SCORED_ENTITY, Score, ScoringModel
 from bastion.automation.tables import automation_rescores
 from bastion.clock import Clock
 from bastion.crm.access import FieldsForbidden
@@ -89,98 +89,126 @@ class RescoreQueue:
                 )
             if not claimed:
                 break
-            for lead_id in claimed:
-                self.rescore(database, lead_id)
-                scored += 1
+            with database.transaction() as conn:
+                requests = repo.fetch_rescores(conn, claimed)
+            scored += self.rescore(
+                database, [r for r in requests if r["lease_owner"] == self.worker_id]
+            )
         return scored
 
-    def rescore(self, database: Database, lead_id: str) -> int | None:
-        """Score one claimed lead; its score (None if it was not scored)."""
-        with database.transaction() as conn:
-            request = repo.fetch_rescore(conn, lead_id)
-        if request is None or request["lease_owner"] != self.worker_id:
-            return None
+    def rescore(self, database: Database, requests: list[dict[str, Any]]) -> int:
+        """Score the leads of claimed requests; how many were scored. The requests are
+        settled together at the end (a worker killed before scores them again, which
+        writes nothing where the score did not change)."""
         model = self._model()
-        try:
-            score = self._score(database, lead_id, model) if model is not None else None
-        except TRANSIENT:
-            self._later(database, request)
-            return None
-        except PreconditionFailed:  # the lead changed while it was scored: again, soon
-            self._later(database, request, wait=False)
-            return None
-        except BastionError as exc:  # gone, erased, or automation may not read or write it
-            log.info("rescore_dropped", lead=lead_id, problem=exc.slug)
-            score = None
-        with database.transaction(write=True) as conn:
-            repo.finish_rescore(conn, lead_id, self.worker_id, request["requested_at"])
-        return score
-
-    def _score(self, database: Database, lead_id: str, model: ScoringModel) -> int:
         now = self._clock.now()
+        events: dict[str, list[tuple[str, datetime]]] = {}
+        if model is not None and requests:
+            with database.transaction() as conn:
+                events = repo.behaviour_of(
+                    conn,
+                    [r["record_id"] for r in requests],
+                    sorted(model.event_types),
+                    now - model.horizon,
+                )
+        done: list[dict[str, Any]] = []
+        decaying: list[str] = []
+        steady: list[str] = []
+        later: list[tuple[dict[str, Any], bool]] = []
+        for request in requests:
+            lead_id = str(request["record_id"])
+            try:
+                if model is not None:
+                    result = self._score(database, lead_id, model, events.get(lead_id, []), now)
+                    (decaying if result.behavioural_points > 0 else steady).append(lead_id)
+            except TRANSIENT:
+                later.append((request, True))
+                continue
+            except PreconditionFailed:  # the lead changed while it was scored: again, soon
+                later.append((request, False))
+                continue
+            except BastionError as exc:  # gone, erased, or automation may not read or write it
+                log.info("rescore_dropped", lead=lead_id, problem=exc.slug)
+            done.append(request)
+        with database.transaction(write=True) as conn:
+            for request in done:
+                repo.finish_rescore(
+                    conn, request["record_id"], self.worker_id, request["requested_at"]
+                )
+            if model is not None:
+                # Decaying points are scored again as they decay: a timer, not a scan.
+                due = now + model.rescore_every
+                timers = [
+                    timer_row(database.name, SCORING, SCORED_ENTITY, lead_id, due, now)
+                    for lead_id in decaying
+                ]
+                repo.set_timers(conn, timers, move=True)
+            if steady:
+                repo.drop_timers(conn, steady, rule_id=SCORING)
+            for request, wait in later:
+                self._later(conn, request, wait=wait)
+        return len(done)
+
+    def _score(
+        self,
+        database: Database,
+        lead_id: str,
+        model: ScoringModel,
+        events: list[tuple[str, datetime]],
+        now: datetime,
+    ) -> Score:
+        """Score the lead, and write the score (with its history row) if it changed."""
         cause = Cause(f"scoring:{lead_id}", SCORING, 0)
         caller = automation_caller(self._records.regions.names, cause)
         lead = self._records.get(caller, SCORED_ENTITY, lead_id)
-        with database.transaction() as conn:
-            events = repo.behaviour(conn, lead_id, sorted(model.event_types), now - model.horizon)
         result = model.compute(lead, events, now)
-        if lead.get("score") != result.value:
+        if lead.get("score") == result.value:
+            return result
 
-            def history(conn: Connection, written: Record) -> None:
-                repo.insert_score(
-                    conn,
-                    {
-                        "id": str(RecordId.new("lsc", database.name, now)),
-                        "region": database.name,
-                        "lead_id": lead_id,
-                        "model": model.id,
-                        "score": result.value,
-                        "previous": lead.get("score"),
-                        "breakdown": list(result.breakdown),
-                        "computed_at": now,
-                    },
-                )
-
-            self._records.update(
-                caller,
-                SCORED_ENTITY,
-                lead_id,
-                {"score": result.value},
-                if_match=etag(lead),
-                also=history,
+        def history(conn: Connection, written: Record) -> None:
+            repo.insert_score(
+                conn,
+                {
+                    "id": str(RecordId.new("lsc", database.name, now)),
+                    "region": database.name,
+                    "lead_id": lead_id,
+                    "model": model.id,
+                    "score": result.value,
+                    "previous": lead.get("score"),
+                    "breakdown": list(result.breakdown),
+                    "computed_at": now,
+                },
             )
-        with database.transaction(write=True) as conn:
-            if result.behavioural_points > 0:
-                due = now + model.rescore_every
-                repo.set_timers(
-                    conn,
-                    [timer_row(database.name, SCORING, SCORED_ENTITY, lead_id, due, now)],
-                    move=True,
-                )
-            else:
-                repo.drop_timers(conn, [lead_id])
-        return result.value
 
-    def _later(self, database: Database, request: dict[str, Any], *, wait: bool = True) -> None:
+        self._records.update(
+            caller,
+            SCORED_ENTITY,
+            lead_id,
+            {"score": result.value},
+            if_match=etag(lead),
+            also=history,
+        )
+        return result
+
+    def _later(self, conn: Connection, request: dict[str, Any], *, wait: bool) -> None:
         attempts = int(request["attempts"]) + 1
         delay = (
             lease.backoff(attempts, base_seconds=self._retry, cap_seconds=3600)
             if wait
             else timedelta(0)
         )
-        with database.transaction(write=True) as conn:
-            lease.update_if_leased(
-                conn,
-                automation_rescores,
-                request["record_id"],
-                self.worker_id,
-                {
-                    "attempts": attempts,
-                    "next_attempt_at": self._clock.now() + delay,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                },
-            )
+        lease.update_if_leased(
+            conn,
+            automation_rescores,
+            request["record_id"],
+            self.worker_id,
+            {
+                "attempts": attempts,
+                "next_attempt_at": self._clock.now() + delay,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            },
+        )
 
 
 class ScoreService:

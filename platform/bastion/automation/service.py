@@ -71,9 +71,15 @@ class Automation:
         self._gate = gate
         self._records = records
         self._cursors = cursors
-        self.feed = ChangeFeed(workflows=lambda: self.workflows, scoring=lambda: self.scoring)
+        self.feed = ChangeFeed(
+            workflows=lambda: self.workflows,
+            scoring=lambda: self.scoring,
+            access=records.access,
+            regions=records.regions.names,
+            max_depth=config.max_chain_depth,
+        )
         records.changes = self.feed
-        engine = Engine(
+        self.engine = Engine(
             records=records,
             workflows=lambda: self.workflows,
             members=tokens.team_members,
@@ -81,28 +87,11 @@ class Automation:
             settings=config,
             policy=policy,
         )
-        self.queue = AutomationQueue(
-            engine=engine, clock=clock, settings=config, worker_id=worker_id
-        )
-        self.rescores = RescoreQueue(
-            records=records,
-            model=lambda: self.scoring,
-            clock=clock,
-            worker_id=worker_id,
-            lease_seconds=config.lease_seconds,
-            batch_size=config.batch_size,
-            retry_base_seconds=config.retry_base_seconds,
-        )
-        self.deliveries = DeliveryQueue(
-            records=records,
-            keys=records.keys,
-            owner=tokens.principal_by_id,
-            clock=clock,
-            settings=settings.webhooks,
-            policy=policy,
-            worker_id=worker_id,
-            lease_seconds=config.lease_seconds,
-        )
+        self._settings = settings
+        self._clock = clock
+        self._policy = policy
+        self._owner = tokens.principal_by_id
+        self.queue, self.rescores, self.deliveries = self.worker_queues(worker_id)
         self.events = ActivityEvents(
             records=records,
             gate=gate,
@@ -121,6 +110,35 @@ class Automation:
             settings=settings.webhooks,
             production=settings.mode == "production",
             cursors=cursors,
+        )
+
+    def worker_queues(self, worker_id: str) -> tuple[AutomationQueue, RescoreQueue, DeliveryQueue]:
+        """The automation queues as worked by `worker_id` (this process's own, or more
+        workers in one process: each claims with its own id)."""
+        config = self._settings.automation
+        return (
+            AutomationQueue(
+                engine=self.engine, clock=self._clock, settings=config, worker_id=worker_id
+            ),
+            RescoreQueue(
+                records=self._records,
+                model=lambda: self.scoring,
+                clock=self._clock,
+                worker_id=worker_id,
+                lease_seconds=config.lease_seconds,
+                batch_size=config.batch_size,
+                retry_base_seconds=config.retry_base_seconds,
+            ),
+            DeliveryQueue(
+                records=self._records,
+                keys=self._records.keys,
+                owner=self._owner,
+                clock=self._clock,
+                settings=self._settings.webhooks,
+                policy=self._policy,
+                worker_id=worker_id,
+                lease_seconds=config.lease_seconds,
+            ),
         )
 
     @property

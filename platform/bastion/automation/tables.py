@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     Index,
     Integer,
@@ -69,6 +70,9 @@ automation_events = Table(
     # How many automated changes led to this one (0: a person's change).
     Column("depth", Integer, nullable=False),
     Column("actor", String(64), nullable=False),
+    # Whether a webhook subscription listened to the change's topic when it was made
+    # (the engine then queues deliveries; else it skips that step).
+    Column("notify", Boolean, nullable=False),
     # pending | done | failed
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False),

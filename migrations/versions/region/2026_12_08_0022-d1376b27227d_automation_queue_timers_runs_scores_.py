@@ -1,8 +1,8 @@
 """automation: queue, timers, runs, scores, activity events, webhooks
 
-Revision ID: 942e08221cce
+Revision ID: d1376b27227d
 Revises: deeb413611b4
-Create Date: 2026-12-08 00:11:30.718113
+Create Date: 2026-12-08 00:22:19.743689
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "942e08221cce"
+revision: str = "d1376b27227d"
 down_revision: str | None = "deeb413611b4"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -76,6 +76,7 @@ def upgrade() -> None:
         sa.Column("cause", sa.String(length=64), nullable=True),
         sa.Column("depth", sa.Integer(), nullable=False),
         sa.Column("actor", sa.String(length=64), nullable=False),
+        sa.Column("notify", sa.Boolean(), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
