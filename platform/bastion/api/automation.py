@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
-from bastion.api.params import integer, known_params
+from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 
 _PARAMS = frozenset({"region", "record_id", "rule", "limit", "cursor"})
@@ -25,8 +25,7 @@ async def runs(request: Request) -> Response:
         region=params.get("region"),
         record_id=params.get("record_id"),
         rule_id=params.get("rule"),
-        limit=integer(params, "limit", 1, 200) or 50,
-        cursor=params.get("cursor"),
+        **paging(params),
     )
     return JSON(page)
 

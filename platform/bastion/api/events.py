@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
-from bastion.api.params import integer, known_params
+from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
 from bastion.automation.events import MAX_PROPERTIES
@@ -35,8 +35,7 @@ def _timeline(entity: str) -> Any:
             caller,
             entity,
             request.path_params["record_id"],
-            limit=integer(params, "limit", 1, 200) or 50,
-            cursor=params.get("cursor"),
+            **paging(params),
         )
         return JSON(page)
 
@@ -102,6 +101,7 @@ _TIMELINE = {
                 "type": "object",
                 "properties": {
                     "id": {"type": "string"},
+                    "subject_id": {"type": "string"},
                     "type": {"type": "string"},
                     "occurred_at": {"type": "string", "format": "date-time"},
                     "received_at": {"type": "string", "format": "date-time"},

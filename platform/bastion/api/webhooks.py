@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
-from bastion.api.params import integer, known_params
+from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
 from bastion.automation.webhooks import MAX_TOPICS
@@ -29,8 +29,7 @@ async def collection(request: Request) -> Response:
         webhooks.list,
         caller,
         region=params.get("region"),
-        limit=integer(params, "limit", 1, 200) or 50,
-        cursor=params.get("cursor"),
+        **paging(params),
     )
     return JSON(page)
 
@@ -54,8 +53,7 @@ async def deliveries(request: Request) -> Response:
         caller,
         request.path_params["subscription_id"],
         status=params.get("status"),
-        limit=integer(params, "limit", 1, 200) or 50,
-        cursor=params.get("cursor"),
+        **paging(params),
     )
     return JSON(page)
 
@@ -148,7 +146,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string"},
     }
-    paging = [
+    page_parameters = [
         {
             "name": "limit",
             "in": "query",
@@ -198,7 +196,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "tags": ["webhooks"],
                 "parameters": [
                     {"name": "region", "in": "query", "schema": {"type": "string"}},
-                    *paging,
+                    *page_parameters,
                 ],
                 "responses": {
                     "200": {"description": "A page.", "content": _page(_SUBSCRIPTION)},
@@ -257,7 +255,7 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                             "enum": ["pending", "delivered", "dead", "cancelled"],
                         },
                     },
-                    *paging,
+                    *page_parameters,
                 ],
                 "responses": {
                     "200": {"description": "A page.", "content": _page(_DELIVERY)},

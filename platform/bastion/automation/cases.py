@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from bastion.automation.decision import judge
-from bastion.automation.model import ACTIVITY_TYPES, ROLE
+from bastion.automation.model import ACTIVITY_TYPES, ROLE, yaml_files
 from bastion.automation.rules import Rule, Workflows
 from bastion.automation.scoring import SCORED_ENTITY, ScoringModel
 from bastion.policy.engine import Policy
@@ -77,19 +77,22 @@ class Outcome:
 
 def run_cases(directory: Path, workflows: Workflows, *, max_depth: int) -> list[Outcome]:
     """Every case of `directory/*.yaml` (sorted by file name), decided."""
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
-    if not files:
+    try:
+        texts = yaml_files(directory)
+    except ValueError as exc:
+        raise CaseError(str(exc)) from None
+    if not texts:
         raise CaseError(f"no workflow test files (*.yaml) in {directory}")
     outcomes = []
-    for path in files:
+    for name, text in texts.items():
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise CaseError(f"{path.name}: cannot read it ({type(exc).__name__})") from None
+            document = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise CaseError(f"{name}: not valid YAML") from None
         if not isinstance(document, dict) or not isinstance(document.get("cases"), list):
-            raise CaseError(f"{path.name}: must be a mapping with a list of cases")
+            raise CaseError(f"{name}: must be a mapping with a list of cases")
         for index, case in enumerate(document["cases"]):
-            outcomes.append(_run(f"{path.name}::cases[{index}]", case, workflows, max_depth))
+            outcomes.append(_run(f"{name}::cases[{index}]", case, workflows, max_depth))
     return outcomes
 
 

@@ -87,20 +87,18 @@ class DeliveryQueue:
         while not stop.is_set():
             now = self._clock.now()
             ready = due(webhook_deliveries, now)
-            with database.transaction() as conn:
-                if not lease.any_ready(conn, webhook_deliveries, ready, now):
-                    break
-            with database.transaction(write=True) as conn:
-                claimed = lease.claim(
-                    conn,
-                    webhook_deliveries,
-                    ready=ready,
-                    order_by=(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id),
-                    worker=self.worker_id,
-                    now=now,
-                    lease_until=now + self._lease,
-                    limit=self._settings.batch_size,
-                )
+            claimed = lease.claim_ready(
+                database,
+                webhook_deliveries,
+                ready=ready,
+                order_by=(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id),
+                worker=self.worker_id,
+                now=now,
+                lease_until=now + self._lease,
+                limit=self._settings.batch_size,
+            )
+            if not claimed:
+                break
             for delivery_id in claimed:
                 if stop.is_set():
                     break

@@ -131,17 +131,15 @@ class ActivityEvents:
             fresh = [e for e in incoming if e.id not in known]
             stored = self._store(conn, caller, region, fresh, fingerprints, now)
             subjects = sorted({e.subject_id for e in incoming})
-            self._records.recorder.append(
+            self._records.recorder.record(
                 conn,
                 region,
-                self._records.recorder.event(
-                    caller,
-                    policy.version,
-                    action="events.ingest",
-                    entity="events",
-                    record_ids=subjects,
-                    details={"accepted": len(stored), "duplicates": len(incoming) - len(stored)},
-                ),
+                caller,
+                policy.version,
+                action="events.ingest",
+                entity="events",
+                record_ids=subjects,
+                details={"accepted": len(stored), "duplicates": len(incoming) - len(stored)},
             )
             self._feed.activities(conn, region, caller, stored, now)
         accepted = {a.id for a in stored}
@@ -313,37 +311,38 @@ class ActivityEvents:
                 limit,
                 "occurred_at",
             )
-            data = []
-            for row in rows:
-                shown: dict[str, Any] = {
-                    "id": row["event_id"],
-                    "type": row["type"],
-                    "occurred_at": row["occurred_at"].isoformat().replace("+00:00", "Z"),
-                    "received_at": row["received_at"].isoformat().replace("+00:00", "Z"),
-                    "properties": None,
-                }
-                if row["properties"] is not None:
-                    try:
-                        plain = keys.unseal(
-                            conn, bytes(row["properties"]), properties_context(region, row["id"])
-                        )
-                        shown["properties"] = json.loads(plain)
-                    except KeyDestroyed:
-                        shown["_erased"] = ["properties"]
-                data.append(shown)
-            self._records.recorder.append(
+            data = [shown(conn, keys, region, row) for row in rows]
+            self._records.recorder.record(
                 conn,
                 region,
-                self._records.recorder.event(
-                    caller,
-                    policy.version,
-                    action="events.read",
-                    entity="events",
-                    record_ids=[subject_id],
-                    details={"count": len(data)},
-                ),
+                caller,
+                policy.version,
+                action="events.read",
+                entity="events",
+                record_ids=[subject_id],
+                details={"count": len(data)},
             )
         return {"data": data, "next_cursor": next_cursor}
+
+
+def shown(conn: Connection, keys: Keyring, region: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored activity event as the API shows it, its properties decrypted (absent,
+    and named in `_erased`, when its subject's key was destroyed)."""
+    event: dict[str, Any] = {
+        "id": row["event_id"],
+        "subject_id": row["subject_id"],
+        "type": row["type"],
+        "occurred_at": to_json_value(row["occurred_at"]),
+        "received_at": to_json_value(row["received_at"]),
+        "properties": None,
+    }
+    if row["properties"] is not None:
+        try:
+            context = properties_context(region, row["id"])
+            event["properties"] = json.loads(keys.unseal(conn, bytes(row["properties"]), context))
+        except KeyDestroyed:
+            event["_erased"] = ["properties"]
+    return event
 
 
 def subject_events(
@@ -351,32 +350,12 @@ def subject_events(
 ) -> list[dict[str, Any]]:
     """Every activity event about these people, properties decrypted, oldest first:
     what a data subject's access request returns of their behaviour."""
-    found = []
-    for subject_id in subject_ids:
-        rows = conn.execute(
-            select(activity_events)
-            .where(activity_events.c.subject_id == subject_id)
-            .order_by(activity_events.c.occurred_at, activity_events.c.id)
-        )
-        for row in rows:
-            properties = None
-            if row.properties is not None:
-                try:
-                    context = properties_context(region, row.id)
-                    properties = json.loads(keys.unseal(conn, bytes(row.properties), context))
-                except KeyDestroyed:
-                    properties = None
-            found.append(
-                {
-                    "id": row.event_id,
-                    "subject_id": subject_id,
-                    "type": row.type,
-                    "occurred_at": to_json_value(row.occurred_at),
-                    "received_at": to_json_value(row.received_at),
-                    "properties": properties,
-                }
-            )
-    return found
+    query = (
+        select(activity_events)
+        .where(activity_events.c.subject_id.in_(subject_ids))
+        .order_by(activity_events.c.occurred_at, activity_events.c.id)
+    )
+    return [shown(conn, keys, region, dict(row._mapping)) for row in conn.execute(query)]
 
 
 def _event(index: int, raw: object, now: datetime, errors: list[FieldError]) -> Incoming | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from bastion.principals.caller import Caller, Cause
@@ -28,6 +29,22 @@ TOPIC_RE = re.compile(r"[a-z][a-z0-9_]{0,31}(?:\.[a-z][a-z0-9_]{0,31}){0,3}")
 _DURATION_RE = re.compile(r"([1-9][0-9]{0,5})\s*(m|h|d)")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 MAX_DURATION = timedelta(days=366)
+
+
+def yaml_files(directory: Path) -> dict[str, str] | None:
+    """The text of each `*.yaml` (and `*.yml`) file of `directory` by file name, sorted;
+    None when the directory does not exist. Raises `ValueError` naming what could not
+    be read (never its content)."""
+    if not directory.is_dir():
+        return None
+    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+    texts = {}
+    for path in files:
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path.name}: cannot read it ({type(exc).__name__})") from None
+    return texts
 
 
 def parse_duration(text: object) -> timedelta:

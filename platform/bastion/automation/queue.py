@@ -75,20 +75,16 @@ class AutomationQueue:
     def _claim(self, database: Database) -> list[str]:
         now = self._clock.now()
         ready = repo.due(automation_events, now)
-        with database.transaction() as conn:
-            if not lease.any_ready(conn, automation_events, ready, now):
-                return []
-        with database.transaction(write=True) as conn:
-            return lease.claim(
-                conn,
-                automation_events,
-                ready=ready,
-                order_by=(automation_events.c.next_attempt_at, automation_events.c.id),
-                worker=self.worker_id,
-                now=now,
-                lease_until=now + self._lease,
-                limit=self._settings.batch_size,
-            )
+        return lease.claim_ready(
+            database,
+            automation_events,
+            ready=ready,
+            order_by=(automation_events.c.next_attempt_at, automation_events.c.id),
+            worker=self.worker_id,
+            now=now,
+            lease_until=now + self._lease,
+            limit=self._settings.batch_size,
+        )
 
     def process(self, database: Database, event: dict[str, Any]) -> dict[str, Any]:
         """Process a claimed event; how to settle it: done, or (it failed) its next
@@ -121,24 +117,20 @@ class AutomationQueue:
         while not stop.is_set():
             now = self._clock.now()
             ready = [automation_timers.c.due_at <= now]
-            with database.transaction() as conn:
-                if not lease.any_ready(conn, automation_timers, ready, now):
-                    break
-            with database.transaction(write=True) as conn:
-                claimed = lease.claim(
-                    conn,
-                    automation_timers,
-                    ready=ready,
-                    order_by=(automation_timers.c.due_at, automation_timers.c.id),
-                    worker=self.worker_id,
-                    now=now,
-                    lease_until=now + self._lease,
-                    limit=self._settings.batch_size,
-                )
-            for timer_id in claimed:
-                fired += self._fire(database, timer_id)
+            claimed = lease.claim_ready(
+                database,
+                automation_timers,
+                ready=ready,
+                order_by=(automation_timers.c.due_at, automation_timers.c.id),
+                worker=self.worker_id,
+                now=now,
+                lease_until=now + self._lease,
+                limit=self._settings.batch_size,
+            )
             if not claimed:
                 break
+            for timer_id in claimed:
+                fired += self._fire(database, timer_id)
         return fired
 
     def _fire(self, database: Database, timer_id: str) -> int:

@@ -54,6 +54,7 @@ from bastion.automation.model import (
     SUBJECT_ENTITIES,
     TOPIC_RE,
     parse_duration,
+    yaml_files,
 )
 from bastion.crm.catalog import ENTITIES, SYSTEM_FIELDS, EntitySpec
 from bastion.crm.schemas import validate_patch
@@ -162,14 +163,11 @@ class Workflows:
 def load_workflows(directory: Path) -> Workflows:
     """Every rule of `directory/*.yaml` (no rules if the directory does not exist).
     Raises `WorkflowError`."""
-    if not directory.is_dir():
-        return Workflows()
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     try:
-        texts = {path.name: path.read_text(encoding="utf-8") for path in files}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowError([f"cannot read a workflow file: {type(exc).__name__}"]) from None
-    return parse_workflows(texts)
+        texts = yaml_files(directory)
+    except ValueError as exc:
+        raise WorkflowError([str(exc)]) from None
+    return Workflows() if texts is None else parse_workflows(texts)
 
 
 def parse_workflows(texts: Mapping[str, str]) -> Workflows:

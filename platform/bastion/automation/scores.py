@@ -73,20 +73,16 @@ class RescoreQueue:
         while not stop.is_set():
             now = self._clock.now()
             ready = repo.due(automation_rescores, now)
-            with database.transaction() as conn:
-                if not lease.any_ready(conn, automation_rescores, ready, now):
-                    break
-            with database.transaction(write=True) as conn:
-                claimed = lease.claim(
-                    conn,
-                    automation_rescores,
-                    ready=ready,
-                    order_by=(automation_rescores.c.next_attempt_at,),
-                    worker=self.worker_id,
-                    now=now,
-                    lease_until=now + self._lease,
-                    limit=self._batch,
-                )
+            claimed = lease.claim_ready(
+                database,
+                automation_rescores,
+                ready=ready,
+                order_by=(automation_rescores.c.next_attempt_at,),
+                worker=self.worker_id,
+                now=now,
+                lease_until=now + self._lease,
+                limit=self._batch,
+            )
             if not claimed:
                 break
             with database.transaction() as conn:
@@ -234,16 +230,14 @@ class ScoreService:
         database = self._records.database(region)
         with self._records.write(database, "the lead is gone") as conn:
             history = repo.scores(conn, lead_id, HISTORY)
-            self._records.recorder.append(
+            self._records.recorder.record(
                 conn,
                 region,
-                self._records.recorder.event(
-                    caller,
-                    policy.version,
-                    action="score.read",
-                    entity=SCORED_ENTITY,
-                    record_ids=[lead_id],
-                ),
+                caller,
+                policy.version,
+                action="score.read",
+                entity=SCORED_ENTITY,
+                record_ids=[lead_id],
             )
         readable = {name for name in lead if not name.startswith("_")}
         breakdown: list[dict[str, Any]] = []

@@ -40,7 +40,7 @@ from typing import Any
 import yaml
 
 from bastion.automation.conditions import evaluate, parse_when
-from bastion.automation.model import ACTIVITY_TYPES, RULE_ID_RE, parse_duration
+from bastion.automation.model import ACTIVITY_TYPES, RULE_ID_RE, parse_duration, yaml_files
 from bastion.crm.catalog import ENTITIES
 from bastion.policy.conditions import Condition
 
@@ -162,14 +162,11 @@ class ScoringModel:
 
 def load_scoring(directory: Path) -> ScoringModel | None:
     """The model of `directory/*.yaml`; None when there is none. Raises `ScoringError`."""
-    if not directory.is_dir():
-        return None
-    files = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
     try:
-        texts = {path.name: path.read_text(encoding="utf-8") for path in files}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScoringError([f"cannot read a scoring file: {type(exc).__name__}"]) from None
-    return parse_scoring(texts)
+        texts = yaml_files(directory)
+    except ValueError as exc:
+        raise ScoringError([str(exc)]) from None
+    return None if texts is None else parse_scoring(texts)
 
 
 def parse_scoring(texts: Mapping[str, str]) -> ScoringModel | None:

@@ -26,6 +26,8 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Table, or_, select, update
 
+from bastion.residency.databases import Database
+
 
 def free(table: Table, now: datetime) -> ColumnElement[bool]:
     """Rows nobody holds: never leased, or the lease ran out."""
@@ -66,6 +68,35 @@ def claim(
             .values(lease_owner=worker, lease_expires_at=lease_until)
         )
     return claimed
+
+
+def claim_ready(
+    database: Database,
+    table: Table,
+    *,
+    ready: Sequence[ColumnElement[bool]],
+    order_by: Sequence[Any],
+    worker: str,
+    now: datetime,
+    lease_until: datetime,
+    limit: int,
+) -> list[str]:
+    """`claim` in a write transaction of its own, after a plain read found something
+    to claim (so an idle queue costs no write transaction per poll)."""
+    with database.transaction() as conn:
+        if not any_ready(conn, table, ready, now):
+            return []
+    with database.transaction(write=True) as conn:
+        return claim(
+            conn,
+            table,
+            ready=ready,
+            order_by=order_by,
+            worker=worker,
+            now=now,
+            lease_until=lease_until,
+            limit=limit,
+        )
 
 
 def update_if_leased(
