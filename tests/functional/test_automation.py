@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from datetime import timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from starlette.testclient import TestClient
 
 from bastion.automation.rules import parse_workflows
 from bastion.automation.tables import automation_events, automation_runs
+from bastion.principals.caller import Caller
 from bastion.state import State
 from tests.conftest import FrozenClock, Tokens
 from tests.factories import AUTOMATION_ENV, caller, create, drain, lead_body
@@ -317,3 +319,42 @@ def test_an_action_the_policy_refuses_automation_is_recorded_as_failed(
     assert run["outcome"] == "fired"
     assert [(e["status"], e["error"]) for e in run["effects"]] == [("failed", "forbidden")]
     assert client.get(f"/v1/activities/{task['id']}", headers=admin).json()["status"] == "planned"
+
+
+ON_CREATE = """
+rules:
+  - id: nurture-new-leads
+    entity: leads
+    trigger: {on: created}
+    when: "status == new"
+    actions: [{set: {status: nurturing}}]
+  - id: tag-new-contacts
+    entity: contacts
+    trigger: {on: created}
+    actions: [{set: {lead_source: other}}]
+"""
+
+
+def test_imported_and_converted_records_trigger_rules_like_any_other(
+    client: TestClient, state: State, admin: dict[str, str]
+) -> None:
+    state.automation.workflows = parse_workflows({"create.yaml": ON_CREATE})
+    importer = Caller(state.tokens.issue(principal_name="importer", roles=["admin"]).principal)
+    csv = (
+        b"last_name,company,email,status\n"
+        b"Weber,Weber GmbH,w@example.com,new\n"
+        b"Roth,Roth AG,r@example.com,new\n"
+    )
+    run = state.imports.run(importer, "leads", io.BytesIO(csv), region="eu")
+    assert run.created == 2
+    drain(state)
+    leads = client.get("/v1/leads?region=eu", headers=admin).json()["data"]
+    assert sorted(lead["status"] for lead in leads) == ["nurturing", "nurturing"]
+
+    converted = client.post(f"/v1/leads/{leads[0]['id']}/convert", json={}, headers=admin)
+    assert converted.status_code == 200, converted.text
+    drain(state)
+    contact = converted.json()["contact"]
+    assert (
+        client.get(f"/v1/contacts/{contact['id']}", headers=admin).json()["lead_source"] == "other"
+    )
