@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -120,7 +120,9 @@ def test_deliveries_are_signed_and_carry_only_what_the_owner_may_read(
     tokens: Tokens,
     admin: dict[str, str],
     receiver: Receiver,
+    logged: Callable[[], str],
 ) -> None:
+    logged()  # from here on, every log line is captured
     marketing = tokens.headers("marketing", name="mk", regions=("eu",))
     subscription = subscribe(
         client,
@@ -171,6 +173,10 @@ def test_deliveries_are_signed_and_carry_only_what_the_owner_may_read(
     assert len(audit) == 2
     assert all(e["actor"] == "system:webhooks" for e in audit)
     assert all("mobile" not in e["fields"] and "email" in e["fields"] for e in audit)
+    logs = logged()
+    assert "webhook_attempt" in logs
+    for value in (CANARY, person["email"], secret, "+491701234567", receiver.url):
+        assert value not in logs  # ids and codes only: no value, secret or URL
 
 
 def test_a_failing_receiver_gets_retries_on_the_backoff_then_a_dead_letter_and_a_replay(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,17 +95,29 @@ class Sender:
     def __init__(self, settings: WebhookSettings) -> None:
         self._settings = settings
         self._networks = settings.networks()
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(
-                settings.timeout_seconds, connect=settings.connect_timeout_seconds
-            ),
-            follow_redirects=False,
-            trust_env=False,
-            headers={"user-agent": USER_AGENT},
-        )
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def _http(self) -> httpx.Client:
+        """The connection pool, made on the first delivery (most processes never send)."""
+        with self._lock:
+            if self._client is None:
+                timeout = httpx.Timeout(
+                    self._settings.timeout_seconds, connect=self._settings.connect_timeout_seconds
+                )
+                self._client = httpx.Client(
+                    timeout=timeout,
+                    follow_redirects=False,
+                    trust_env=False,
+                    headers={"user-agent": USER_AGENT},
+                )
+            return self._client
 
     def post(self, url: str, headers: dict[str, str], body: bytes) -> Sent:
         started = time.monotonic()
@@ -121,7 +134,7 @@ class Sender:
             "host": parts.netloc.rpartition("@")[2],
         }
         try:
-            with self._client.stream(
+            with self._http().stream(
                 "POST", target, content=body, headers=request_headers, extensions=extensions
             ) as response:
                 return Sent(response.status_code, None, _ms(started))
