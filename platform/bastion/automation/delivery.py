@@ -24,7 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection
 
 from bastion.audit import AuditEvent
 from bastion.automation import webhook_repository as repo
@@ -32,7 +32,7 @@ from bastion.automation.outbound import Sender, Sent
 from bastion.automation.repository import due
 from bastion.automation.settings import WebhookSettings
 from bastion.automation.signing import headers
-from bastion.automation.tables import webhook_attempts, webhook_deliveries
+from bastion.automation.tables import webhook_deliveries
 from bastion.automation.webhooks import secret_context
 from bastion.clock import Clock
 from bastion.crm.catalog import SYSTEM_FIELDS
@@ -211,7 +211,7 @@ class DeliveryQueue:
                 conn,
                 {
                     "delivery_id": delivery["id"],
-                    "number": _next_number(conn, delivery["id"]),
+                    "number": repo.next_attempt_number(conn, delivery["id"]),
                     "attempted_at": now,
                     "status_code": sent.status_code,
                     "error": sent.error,
@@ -281,13 +281,3 @@ class DeliveryQueue:
                 },
             ),
         )
-
-
-def _next_number(conn: Connection, delivery_id: str) -> int:
-    """Attempts are numbered across replays, so the log keeps every one."""
-    last = conn.execute(
-        select(func.max(webhook_attempts.c.number)).where(
-            webhook_attempts.c.delivery_id == delivery_id
-        )
-    ).scalar_one_or_none()
-    return int(last or 0) + 1

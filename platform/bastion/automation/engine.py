@@ -41,7 +41,6 @@ from bastion.automation.feed import topics
 from bastion.automation.model import ACTOR, automation_caller, parse_duration
 from bastion.automation.rules import TASK_LINKS, Rule, Workflows
 from bastion.automation.settings import AutomationSettings
-from bastion.automation.tables import activity_events
 from bastion.automation.webhooks import fan_out
 from bastion.clock import Clock
 from bastion.crm.service import RecordService
@@ -121,22 +120,10 @@ class Engine:
             rule = workflows.rule(str(event["rule_id"]))
             return [(rule, event["id"])] if rule is not None and rule.trigger.on == "time" else []
         if kind == "activity":
-            listed = {item["id"]: item["type"] for item in event["activities"] or []}
-            with database.transaction() as conn:
-                # Only activity events that were stored (a concurrent identical batch
-                # stores each once; its own automation event names rows it did not).
-                stored = set(
-                    conn.execute(
-                        activity_events.select()
-                        .with_only_columns(activity_events.c.id)
-                        .where(activity_events.c.id.in_(list(listed)))
-                    ).scalars()
-                )
             return [
-                (rule, activity_id)
-                for activity_id, activity_type in listed.items()
-                if activity_id in stored
-                for rule in workflows.for_activity(entity, activity_type)
+                (rule, item["id"])
+                for item in event["activities"] or []
+                for rule in workflows.for_activity(entity, item["type"])
             ]
         if kind == "deleted":
             return []

@@ -31,21 +31,19 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from bastion.automation import paging
 from bastion.automation import repository as repo
 from bastion.automation.feed import Activity, ChangeFeed
 from bastion.automation.model import ACTIVITY_TYPES, SUBJECT_ENTITIES
 from bastion.automation.settings import AutomationSettings
-from bastion.automation.tables import activity_events
 from bastion.clock import Clock
 from bastion.crm.catalog import ENTITIES, ENTITIES_BY_PREFIX
 from bastion.crm.cursors import CursorCodec
 from bastion.crm.records import to_json_value
-from bastion.crm.repository import live
+from bastion.crm.repository import existing
 from bastion.crm.service import RecordService
-from bastion.crm.tables import ENTITY_TABLES
 from bastion.crypto.envelope import FieldContext
 from bastion.crypto.errors import KeyDestroyed
 from bastion.crypto.keyring import Keyring
@@ -163,7 +161,7 @@ class ActivityEvents:
         now: datetime,
     ) -> list[Activity]:
         keys = self._records.keys
-        rows = []
+        rows: list[dict[str, Any]] = []
         by_event: dict[str, Activity] = {}
         for event in fresh:
             row_id = str(RecordId.new("ave", region, now))
@@ -192,17 +190,7 @@ class ActivityEvents:
         repo.insert_activities(conn, rows)
         # A concurrent request with the same events may have stored some first: only
         # the rows that are ours feed scoring and rules.
-        ours = (
-            set(
-                conn.execute(
-                    select(activity_events.c.id).where(
-                        activity_events.c.id.in_([r["id"] for r in rows])
-                    )
-                ).scalars()
-            )
-            if rows
-            else set()
-        )
+        ours = repo.stored_activities(conn, [a.id for a in by_event.values()])
         return [a for a in by_event.values() if a.id in ours]
 
     def _fingerprint(self, event: Incoming) -> bytes:
@@ -272,14 +260,8 @@ class ActivityEvents:
                 {e.subject_id for e in events if e.subject_id.startswith(spec.prefix + "_")}
             )
             scope = access.policy.scope(caller.principal.roles, region, name, "read")
-            if not wanted or not scope.permits_any:
-                continue
-            table = ENTITY_TABLES[name]
-            where = access.where(spec, scope)
-            query = select(table.c.id).where(table.c.id.in_(wanted), *live(table))
-            if where is not None:
-                query = query.where(where)
-            visible.update(str(i) for i in conn.execute(query).scalars())
+            if wanted and scope.permits_any:
+                visible |= existing(conn, spec, wanted, scope=access.where(spec, scope))
         missing = [
             FieldError(
                 f"events[{e.index}].subject_id", "no lead or contact has that id in your regions"
@@ -350,12 +332,7 @@ def subject_events(
 ) -> list[dict[str, Any]]:
     """Every activity event about these people, properties decrypted, oldest first:
     what a data subject's access request returns of their behaviour."""
-    query = (
-        select(activity_events)
-        .where(activity_events.c.subject_id.in_(subject_ids))
-        .order_by(activity_events.c.occurred_at, activity_events.c.id)
-    )
-    return [shown(conn, keys, region, dict(row._mapping)) for row in conn.execute(query)]
+    return [shown(conn, keys, region, row) for row in repo.activities_of(conn, subject_ids)]
 
 
 def _event(index: int, raw: object, now: datetime, errors: list[FieldError]) -> Incoming | None:

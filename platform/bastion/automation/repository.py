@@ -337,6 +337,26 @@ def insert_activities(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> No
     insert_ignoring(conn, activity_events, rows, ["event_id"])
 
 
+def stored_activities(conn: Connection, row_ids: Sequence[str]) -> set[str]:
+    """Which of these activity event rows exist."""
+    found: set[str] = set()
+    for start in range(0, len(row_ids), _CHUNK):
+        chunk = list(row_ids[start : start + _CHUNK])
+        query = select(activity_events.c.id).where(activity_events.c.id.in_(chunk))
+        found.update(str(i) for i in conn.execute(query).scalars())
+    return found
+
+
+def activities_of(conn: Connection, subject_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Every activity event about these subjects, oldest first."""
+    query = (
+        select(activity_events)
+        .where(activity_events.c.subject_id.in_(list(subject_ids)))
+        .order_by(activity_events.c.occurred_at, activity_events.c.id)
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
 def behaviour_of(
     conn: Connection, subject_ids: Sequence[str], types: Sequence[str], since: datetime
 ) -> dict[str, list[tuple[str, datetime]]]:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, exists, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 
 from bastion.automation.repository import insert_ignoring, newest_first
 from bastion.automation.tables import (
@@ -130,6 +130,16 @@ def update_delivery(conn: Connection, delivery_id: str, values: Mapping[str, Any
 
 def insert_attempt(conn: Connection, values: Mapping[str, Any]) -> None:
     conn.execute(insert(webhook_attempts).values(**values))
+
+
+def next_attempt_number(conn: Connection, delivery_id: str) -> int:
+    """Attempts are numbered across replays, so the log keeps every one."""
+    last = conn.execute(
+        select(func.max(webhook_attempts.c.number)).where(
+            webhook_attempts.c.delivery_id == delivery_id
+        )
+    ).scalar_one_or_none()
+    return int(last or 0) + 1
 
 
 def attempts_of(conn: Connection, delivery_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
