@@ -14,7 +14,7 @@ from bastion.api.auth import caller_of, state_of
 from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
-from bastion.automation.events import MAX_PROPERTIES
+from bastion.automation.event_input import MAX_PROPERTIES
 from bastion.automation.model import ACTIVITY_TYPES, SUBJECT_ENTITIES
 
 

@@ -39,7 +39,8 @@ from bastion.automation.actions import Actions
 from bastion.automation.decision import judge
 from bastion.automation.feed import topics
 from bastion.automation.model import ACTOR, automation_caller, parse_duration
-from bastion.automation.rules import TASK_LINKS, Rule, Workflows
+from bastion.automation.rule_actions import TASK_LINKS
+from bastion.automation.rules import Rule, Workflows
 from bastion.automation.settings import AutomationSettings
 from bastion.automation.webhooks import fan_out
 from bastion.clock import Clock
