@@ -320,6 +320,20 @@ def test_an_action_the_policy_refuses_automation_is_recorded_as_failed(
     assert [(e["status"], e["error"]) for e in run["effects"]] == [("failed", "forbidden")]
     assert client.get(f"/v1/activities/{task['id']}", headers=admin).json()["status"] == "planned"
 
+    # The run record: for those the policy lets read it, parameters checked.
+    rep = caller(state, "sales_rep", name="rep", regions=["eu"]).headers
+    assert client.get("/v1/automation/runs", headers=rep).status_code == 403
+    assert client.get("/v1/automation/runs").status_code == 401
+    for query, status in (("limit=0", 422), ("cursor=forged", 400), ("colour=red", 422)):
+        response = client.get(f"/v1/automation/runs?{query}", headers=admin)
+        assert response.status_code == status, (query, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    eu_only = caller(state, "admin", name="eu-admin", regions=["eu"]).headers
+    us_record = task["id"].replace("_eu_", "_us_")
+    assert (
+        client.get(f"/v1/automation/runs?record_id={us_record}", headers=eu_only).status_code == 403
+    )
+
 
 ON_CREATE = """
 rules:

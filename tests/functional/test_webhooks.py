@@ -364,6 +364,16 @@ def test_webhooks_answer_403_to_roles_without_them_and_404_across_regions(
     assert client.get(f"/v1/webhooks/{subscription['id']}", headers=us_admin).status_code == 404
     assert client.delete(f"/v1/webhooks/{subscription['id']}", headers=us_admin).status_code == 404
     assert client.get("/v1/webhooks", headers={}).status_code == 401
+    bad_status = client.get(
+        f"/v1/webhooks/{subscription['id']}/deliveries?status=lost", headers=admin
+    )
+    assert bad_status.status_code == 422
+    assert [e["field"] for e in bad_status.json()["errors"]] == ["status"]
+    missing = client.post(
+        f"/v1/webhooks/{subscription['id']}/deliveries/whd_eu_01m86ch3m0fpt9ashsm8c0e4p0/replay",
+        headers=admin,
+    )
+    assert missing.status_code == 404
     deleted = client.delete(f"/v1/webhooks/{subscription['id']}", headers=admin)
     assert deleted.status_code == 204
     assert client.get(f"/v1/webhooks/{subscription['id']}", headers=admin).status_code == 404
