@@ -324,7 +324,13 @@ def test_an_action_the_policy_refuses_automation_is_recorded_as_failed(
     rep = caller(state, "sales_rep", name="rep", regions=["eu"]).headers
     assert client.get("/v1/automation/runs", headers=rep).status_code == 403
     assert client.get("/v1/automation/runs").status_code == 401
-    for query, status in (("limit=0", 422), ("cursor=forged", 400), ("colour=red", 422)):
+    for query, status in (
+        ("limit=0", 422),
+        ("cursor=forged", 400),
+        ("colour=red", 422),
+        ("record_id=nothing", 422),
+        (f"record_id={task['id']}&region=us", 422),
+    ):
         response = client.get(f"/v1/automation/runs?{query}", headers=admin)
         assert response.status_code == status, (query, response.text)
         assert response.headers["content-type"] == "application/problem+json"

@@ -102,9 +102,31 @@ class DeliveryQueue:
             for delivery_id in claimed:
                 if stop.is_set():
                     break
-                self.attempt(database, delivery_id)
+                try:
+                    self.attempt(database, delivery_id)
+                except TRANSIENT:
+                    raise  # the region is down: the next pass, once its lease ran out
+                except Exception as exc:  # a bug must not keep a delivery from its dead letter
+                    log.error(
+                        "webhook_attempt_crashed",
+                        delivery=delivery_id,
+                        error_type=type(exc).__name__,
+                    )
+                    self._crashed(database, delivery_id, exc)
                 sent += 1
         return sent
+
+    def _crashed(self, database: Database, delivery_id: str, exc: Exception) -> None:
+        """Record an attempt that failed inside Bastion as a failed attempt (retried on
+        the backoff, then dead-lettered like any other)."""
+        with database.transaction() as conn:
+            delivery = repo.fetch_delivery(conn, delivery_id)
+            subscription = (
+                repo.fetch_subscription(conn, delivery["subscription_id"]) if delivery else None
+            )
+        if delivery is not None and subscription is not None:
+            error = f"internal:{type(exc).__name__.lower()}"[:64]
+            self._record(database, delivery, subscription, Sent(None, error, 0), [])
 
     def attempt(self, database: Database, delivery_id: str) -> str:
         """One attempt at a claimed delivery; its status after."""

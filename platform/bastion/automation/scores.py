@@ -59,9 +59,11 @@ class RescoreQueue:
         lease_seconds: int,
         batch_size: int,
         retry_base_seconds: float,
+        max_attempts: int,
     ) -> None:
         self._records = records
         self._model = model
+        self._max_attempts = max_attempts
         self._clock = clock
         self.worker_id = worker_id
         self._lease = timedelta(seconds=lease_seconds)
@@ -125,6 +127,11 @@ class RescoreQueue:
                 continue
             except BastionError as exc:  # gone, erased, or automation may not read or write it
                 log.info("rescore_dropped", lead=lead_id, problem=exc.slug)
+            except Exception as exc:  # a bug: retried on the backoff, dropped after a few
+                log.error("rescore_crashed", lead=lead_id, error_type=type(exc).__name__)
+                if int(request["attempts"]) + 1 < self._max_attempts:
+                    later.append((request, True))
+                    continue
             done.append(request)
         with database.transaction(write=True) as conn:
             for request in done:

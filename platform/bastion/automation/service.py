@@ -29,6 +29,7 @@ from bastion.crm.cursors import CursorCodec
 from bastion.crm.records import to_json_value
 from bastion.crm.service import RecordService
 from bastion.dsr.gate import Gate
+from bastion.errors import FieldError, ValidationFailed
 from bastion.jobs.runner import Queue
 from bastion.policy.engine import Policy
 from bastion.principals.caller import Caller
@@ -128,6 +129,7 @@ class Automation:
                 lease_seconds=config.lease_seconds,
                 batch_size=config.batch_size,
                 retry_base_seconds=config.retry_base_seconds,
+                max_attempts=config.max_attempts,
             ),
             DeliveryQueue(
                 records=self._records,
@@ -163,15 +165,15 @@ class Automation:
     ) -> dict[str, Any]:
         """The run record, newest first: what each rule decided about which event,
         why, and what its actions did (`automation read`)."""
-        chosen = region_of(record_id) if record_id is not None else region
-        if record_id is not None and (chosen is None or (region is not None and region != chosen)):
-            return {"data": [], "next_cursor": None}
-        (name,) = self._gate.listed_regions(
-            caller,
-            chosen or (caller.principal.default_region if caller.principal.regions else None),
-            "automation",
-            "read",
-        )
+        chosen = region
+        if record_id is not None:
+            chosen = region_of(record_id)
+            if chosen is None or (region is not None and region != chosen):
+                raise ValidationFailed(
+                    "invalid request",
+                    [FieldError("record_id", "must be a record id (of the region asked for)")],
+                )
+        name = self._gate.one_region(caller, chosen, "automation", "read")
         fingerprint = f"runs:{name}:{record_id}:{rule_id}"
         before = paging.position(self._cursors, fingerprint, cursor)
         with self._records.database(name).transaction() as conn:

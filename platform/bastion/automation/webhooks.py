@@ -249,8 +249,7 @@ class Webhooks:
         self, caller: Caller, *, region: str | None, limit: int, cursor: str | None
     ) -> dict[str, Any]:
         """Active subscriptions of one region (default: the caller's first), newest first."""
-        chosen = region or (caller.principal.default_region if caller.principal.regions else "")
-        (name,) = self._gate.listed_regions(caller, chosen or None, "webhooks", "read")
+        name = self._gate.one_region(caller, region, "webhooks", "read")
         fingerprint = f"webhooks:{name}"
         before = paging.position(self._cursors, fingerprint, cursor)
         with self._regions.get(name).transaction() as conn:

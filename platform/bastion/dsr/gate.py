@@ -131,6 +131,16 @@ class Gate:
             raise NotFound(f"no {what} has that id in your regions")
         return parsed.region
 
+    def one_region(self, caller: Caller, region: str | None, resource: str, action: str) -> str:
+        """The region a one-region list covers (the one asked for, or the caller's
+        first), allowed by the policy; 422 for an unknown one, 403 without any."""
+        if region is None:
+            if not caller.principal.regions:
+                raise Forbidden("you are not permitted in any region")
+            region = caller.principal.default_region
+        (name,) = self.listed_regions(caller, region, resource, action)
+        return name
+
     def listed_regions(
         self, caller: Caller, region: str | None, resource: str, action: str
     ) -> list[str]:
