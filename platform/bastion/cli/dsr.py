@@ -359,7 +359,8 @@ def worker(once: bool) -> None:
         if once:
             counts = runner.run_once()
             others = ", ".join(f"{name} {n}" for name, n in counts.items() if name != "dsr")
-            click.echo(f"automation: {others}")
+            click.echo(f"automation jobs run: {others}")
+            # Last, alone on its line: what scripts (and the crash tests) read.
             click.echo(f"ran {counts['dsr']} request(s)")
             return
         click.echo(f"worker {state.dsr_jobs.worker_id} running; Ctrl-C to stop")
