@@ -18,6 +18,7 @@ already applied are not applied again.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
@@ -37,6 +38,16 @@ from bastion.residency.databases import Database
 _STALE_RETRIES = 3
 
 
+@dataclass(frozen=True, slots=True)
+class _Applying:
+    """One fired run being applied: where, as whom, which rule, which run."""
+
+    database: Database
+    caller: Caller
+    rule: Rule
+    run: Mapping[str, Any]
+
+
 class Actions:
     def __init__(self, *, records: RecordService, clock: Clock) -> None:
         self._records = records
@@ -54,6 +65,7 @@ class Actions:
     ) -> None:
         """Apply the run's actions that have no effect row yet (`fresh`: the run was
         decided just now, so none has)."""
+        applying = _Applying(database, caller, rule, run)
         done: dict[int, dict[str, Any]] = {}
         if not fresh:
             with database.transaction() as conn:
@@ -63,34 +75,29 @@ class Actions:
             if index in done:
                 continue
             try:
-                current = self._one(database, caller, rule, run, index, step, current)
+                current = self._one(applying, index, step, current)
             except TRANSIENT:
                 raise
             except (BastionError, IntegrityError) as exc:
-                if self._applied(database, run, index):
+                if self._applied(applying, index):
                     continue  # another worker applied it first: its change stands
                 code = exc.slug if isinstance(exc, BastionError) else "conflict"
-                self._mark(database, run, index, "failed", error=code)
+                self._mark(applying, index, "failed", error=code)
 
     def _one(
-        self,
-        database: Database,
-        caller: Caller,
-        rule: Rule,
-        run: Mapping[str, Any],
-        index: int,
-        step: Mapping[str, Any],
-        current: Record | None,
+        self, applying: _Applying, index: int, step: Mapping[str, Any], current: Record | None
     ) -> Record | None:
+        run, rule = applying.run, applying.rule
         kind = step["action"]
         if kind == "create_task":
-            self._records.create(caller, "activities", step["body"], also=self._effect(run, index))
+            effect = self._effect(run, index)
+            self._records.create(applying.caller, "activities", step["body"], also=effect)
             return current
         if kind == "webhook":
-            with database.transaction(write=True) as conn:
+            with applying.database.transaction(write=True) as conn:
                 fan_out(
                     conn,
-                    database.name,
+                    applying.database.name,
                     [step["topic"], "workflow.*"],
                     step["topic"],
                     source_id=run["id"],
@@ -104,37 +111,31 @@ class Actions:
             return current
         changes = step.get("changes")
         if not changes or current is None:
-            self._mark(database, run, index, "skipped", error="nothing-to-do")
+            self._mark(applying, index, "skipped", error="nothing-to-do")
             return current
-        return self._update(database, caller, rule, run, index, changes, current)
+        return self._update(applying, index, changes, current)
 
     def _update(
-        self,
-        database: Database,
-        caller: Caller,
-        rule: Rule,
-        run: Mapping[str, Any],
-        index: int,
-        changes: Mapping[str, Any],
-        current: Record,
+        self, applying: _Applying, index: int, changes: Mapping[str, Any], current: Record
     ) -> Record:
         """Apply `changes` to the record, re-reading it when someone else changed it
         in between (the plan holds the values to set, so they still apply)."""
+        entity, caller = applying.rule.entity, applying.caller
         for _ in range(_STALE_RETRIES):
             if all(current.get(name) == value for name, value in changes.items()):
-                self._mark(database, run, index, "skipped", error="unchanged")
+                self._mark(applying, index, "skipped", error="unchanged")
                 return current
             try:
                 return self._records.update(
                     caller,
-                    rule.entity,
+                    entity,
                     str(current["id"]),
                     dict(changes),
                     if_match=etag(current),
-                    also=self._effect(run, index),
+                    also=self._effect(applying.run, index),
                 )
             except PreconditionFailed:
-                current = self._records.get(caller, rule.entity, str(current["id"]))
+                current = self._records.get(caller, entity, str(current["id"]))
         raise Conflict("the record kept changing while automation wrote to it")
 
     def _effect(self, run: Mapping[str, Any], index: int) -> WithWrite:
@@ -160,16 +161,14 @@ class Actions:
             "applied_at": self._clock.now(),
         }
 
-    def _mark(
-        self, database: Database, run: Mapping[str, Any], index: int, status: str, *, error: str
-    ) -> None:
+    def _mark(self, applying: _Applying, index: int, status: str, *, error: str) -> None:
         try:
-            with database.transaction(write=True) as conn:
-                repo.insert_effect(conn, self._row(run, index, status, None, error))
+            with applying.database.transaction(write=True) as conn:
+                repo.insert_effect(conn, self._row(applying.run, index, status, None, error))
         except IntegrityError:
             return  # another worker recorded this action first; its record stands
 
     @staticmethod
-    def _applied(database: Database, run: Mapping[str, Any], index: int) -> bool:
-        with database.transaction() as conn:
-            return index in repo.effects_of(conn, run["id"])
+    def _applied(applying: _Applying, index: int) -> bool:
+        with applying.database.transaction() as conn:
+            return index in repo.effects_of(conn, applying.run["id"])

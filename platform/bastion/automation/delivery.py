@@ -75,7 +75,11 @@ class DeliveryQueue:
         self._policy = policy
         self.worker_id = worker_id
         # A lease outlives the longest attempt, so no other worker sends it meanwhile.
-        self._lease = timedelta(seconds=max(lease_seconds, settings.timeout_seconds * 3))
+        self._claims = lease.Claimer(
+            worker=worker_id,
+            clock=clock,
+            lease=timedelta(seconds=max(lease_seconds, settings.timeout_seconds * 3)),
+        )
         self._sender = Sender(settings)
         self._recorder = records.recorder
 
@@ -85,16 +89,11 @@ class DeliveryQueue:
     def run_region(self, database: Database, stop: threading.Event) -> int:
         sent = 0
         while not stop.is_set():
-            now = self._clock.now()
-            ready = due(webhook_deliveries, now)
-            claimed = lease.claim_ready(
+            claimed = self._claims.take(
                 database,
                 webhook_deliveries,
-                ready=ready,
+                ready=lambda at: due(webhook_deliveries, at),
                 order_by=(webhook_deliveries.c.next_attempt_at, webhook_deliveries.c.id),
-                worker=self.worker_id,
-                now=now,
-                lease_until=now + self._lease,
                 limit=self._settings.batch_size,
             )
             if not claimed:

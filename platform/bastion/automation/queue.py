@@ -45,7 +45,9 @@ class AutomationQueue:
         self._clock = clock
         self._settings = settings
         self.worker_id = worker_id
-        self._lease = timedelta(seconds=settings.lease_seconds)
+        self._claims = lease.Claimer(
+            worker=worker_id, clock=clock, lease=timedelta(seconds=settings.lease_seconds)
+        )
         self._purged: dict[str, datetime] = {}
 
     def run_region(self, database: Database, stop: threading.Event) -> int:
@@ -73,16 +75,11 @@ class AutomationQueue:
         return ran
 
     def _claim(self, database: Database) -> list[str]:
-        now = self._clock.now()
-        ready = repo.due(automation_events, now)
-        return lease.claim_ready(
+        return self._claims.take(
             database,
             automation_events,
-            ready=ready,
+            ready=lambda at: repo.due(automation_events, at),
             order_by=(automation_events.c.next_attempt_at, automation_events.c.id),
-            worker=self.worker_id,
-            now=now,
-            lease_until=now + self._lease,
             limit=self._settings.batch_size,
         )
 
@@ -115,16 +112,11 @@ class AutomationQueue:
         """Turn every due timer of the region into its automation event (or rescore)."""
         fired = 0
         while not stop.is_set():
-            now = self._clock.now()
-            ready = [automation_timers.c.due_at <= now]
-            claimed = lease.claim_ready(
+            claimed = self._claims.take(
                 database,
                 automation_timers,
-                ready=ready,
+                ready=lambda at: [automation_timers.c.due_at <= at],
                 order_by=(automation_timers.c.due_at, automation_timers.c.id),
-                worker=self.worker_id,
-                now=now,
-                lease_until=now + self._lease,
                 limit=self._settings.batch_size,
             )
             if not claimed:

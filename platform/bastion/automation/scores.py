@@ -66,23 +66,20 @@ class RescoreQueue:
         self._max_attempts = max_attempts
         self._clock = clock
         self.worker_id = worker_id
-        self._lease = timedelta(seconds=lease_seconds)
+        self._claims = lease.Claimer(
+            worker=worker_id, clock=clock, lease=timedelta(seconds=lease_seconds)
+        )
         self._batch = batch_size
         self._retry = retry_base_seconds
 
     def run_region(self, database: Database, stop: threading.Event) -> int:
         scored = 0
         while not stop.is_set():
-            now = self._clock.now()
-            ready = repo.due(automation_rescores, now)
-            claimed = lease.claim_ready(
+            claimed = self._claims.take(
                 database,
                 automation_rescores,
-                ready=ready,
+                ready=lambda at: repo.due(automation_rescores, at),
                 order_by=(automation_rescores.c.next_attempt_at,),
-                worker=self.worker_id,
-                now=now,
-                lease_until=now + self._lease,
                 limit=self._batch,
             )
             if not claimed:

@@ -20,12 +20,13 @@ A job that fails for a reason that may pass (a region down, a receiver answering
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Table, or_, select, update
 
+from bastion.clock import Clock
 from bastion.residency.databases import Database
 
 
@@ -95,6 +96,37 @@ def claim_ready(
             worker=worker,
             now=now,
             lease_until=lease_until,
+            limit=limit,
+        )
+
+
+class Claimer:
+    """Claims rows of leased tables for one worker, `lease` at a time, as of the clock."""
+
+    def __init__(self, *, worker: str, clock: Clock, lease: timedelta) -> None:
+        self.worker = worker
+        self._clock = clock
+        self._lease = lease
+
+    def take(
+        self,
+        database: Database,
+        table: Table,
+        *,
+        ready: Callable[[datetime], Sequence[ColumnElement[bool]]],
+        order_by: Sequence[Any],
+        limit: int,
+    ) -> list[str]:
+        """Up to `limit` rows that are `ready(now)` and free (`claim_ready`)."""
+        now = self._clock.now()
+        return claim_ready(
+            database,
+            table,
+            ready=ready(now),
+            order_by=order_by,
+            worker=self.worker,
+            now=now,
+            lease_until=now + self._lease,
             limit=limit,
         )
 
