@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.pages import PAGE_PARAMETERS, page_of
 from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 
@@ -64,28 +65,12 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                     {"name": "region", "in": "query", "schema": {"type": "string"}},
                     {"name": "record_id", "in": "query", "schema": {"type": "string"}},
                     {"name": "rule", "in": "query", "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
-                    },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    *PAGE_PARAMETERS,
                 ],
                 "responses": {
                     "200": {
                         "description": "A page of runs.",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "data": {"type": "array", "items": _RUN},
-                                        "next_cursor": {"type": ["string", "null"]},
-                                    },
-                                    "required": ["data", "next_cursor"],
-                                }
-                            }
-                        },
+                        "content": page_of(_RUN),
                     },
                     "403": problem,
                     "422": problem,

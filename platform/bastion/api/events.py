@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.pages import PAGE_PARAMETERS, page_of
 from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
@@ -92,27 +93,17 @@ _INGESTED = {
     },
     "required": ["region", "accepted", "duplicates", "events"],
 }
-_TIMELINE = {
+_TIMELINE_EVENT = {
     "type": "object",
     "properties": {
-        "data": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "string"},
-                    "subject_id": {"type": "string"},
-                    "type": {"type": "string"},
-                    "occurred_at": {"type": "string", "format": "date-time"},
-                    "received_at": {"type": "string", "format": "date-time"},
-                    "properties": {"type": ["object", "null"]},
-                },
-                "required": ["id", "type", "occurred_at", "received_at", "properties"],
-            },
-        },
-        "next_cursor": {"type": ["string", "null"]},
+        "id": {"type": "string"},
+        "subject_id": {"type": "string"},
+        "type": {"type": "string"},
+        "occurred_at": {"type": "string", "format": "date-time"},
+        "received_at": {"type": "string", "format": "date-time"},
+        "properties": {"type": ["object", "null"]},
     },
-    "required": ["data", "next_cursor"],
+    "required": ["id", "type", "occurred_at", "received_at", "properties"],
 }
 
 
@@ -164,17 +155,12 @@ def openapi_paths(problem: dict[str, str], max_events: int) -> dict[str, Any]:
                 "tags": [entity],
                 "parameters": [
                     {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": 200},
-                    },
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    *PAGE_PARAMETERS,
                 ],
                 "responses": {
                     "200": {
                         "description": "A page of events.",
-                        "content": {"application/json": {"schema": _TIMELINE}},
+                        "content": page_of(_TIMELINE_EVENT),
                     },
                     "301": problem,
                     "410": problem,

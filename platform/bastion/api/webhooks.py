@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bastion.api.auth import caller_of, state_of
+from bastion.api.pages import PAGE_PARAMETERS, page_of
 from bastion.api.params import known_params, paging
 from bastion.api.problems import JSON
 from bastion.api.records import json_object
@@ -122,21 +123,6 @@ _DELIVERY: dict[str, Any] = {
 }
 
 
-def _page(item_schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "data": {"type": "array", "items": item_schema},
-                    "next_cursor": {"type": ["string", "null"]},
-                },
-                "required": ["data", "next_cursor"],
-            }
-        }
-    }
-
-
 def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
     """The webhook operations for the OpenAPI document."""
     errors: dict[str, Any] = {"403": problem, "404": problem, "422": problem, "503": problem}
@@ -146,14 +132,6 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
         "required": True,
         "schema": {"type": "string"},
     }
-    page_parameters = [
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
-        },
-        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-    ]
     create = {
         "type": "object",
         "additionalProperties": False,
@@ -196,10 +174,10 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                 "tags": ["webhooks"],
                 "parameters": [
                     {"name": "region", "in": "query", "schema": {"type": "string"}},
-                    *page_parameters,
+                    *PAGE_PARAMETERS,
                 ],
                 "responses": {
-                    "200": {"description": "A page.", "content": _page(_SUBSCRIPTION)},
+                    "200": {"description": "A page.", "content": page_of(_SUBSCRIPTION)},
                     **errors,
                 },
             },
@@ -255,10 +233,10 @@ def openapi_paths(problem: dict[str, str]) -> dict[str, Any]:
                             "enum": ["pending", "delivered", "dead", "cancelled"],
                         },
                     },
-                    *page_parameters,
+                    *PAGE_PARAMETERS,
                 ],
                 "responses": {
-                    "200": {"description": "A page.", "content": _page(_DELIVERY)},
+                    "200": {"description": "A page.", "content": page_of(_DELIVERY)},
                     **errors,
                 },
             }

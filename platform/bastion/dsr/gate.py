@@ -138,8 +138,12 @@ class Gate:
             if not caller.principal.regions:
                 raise Forbidden("you are not permitted in any region")
             region = caller.principal.default_region
-        (name,) = self.listed_regions(caller, region, resource, action)
-        return name
+        if region not in self._regions:
+            raise ValidationFailed(
+                "invalid request", [FieldError("region", "is not a configured region")]
+            )
+        self.allow(caller, region, resource, action)
+        return region
 
     def listed_regions(
         self, caller: Caller, region: str | None, resource: str, action: str
