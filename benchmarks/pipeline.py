@@ -103,16 +103,20 @@ def per_call(function: Callable[[], object], *, seconds: float) -> float:
 
 @contextmanager
 def deployment(
-    backend: str, workdir: Path, settings_env: Mapping[str, str] | None = None
+    backend: str, workdir: Path, extra: Mapping[str, str] | None = None
 ) -> Iterator[State]:
-    """A fresh deployment on `backend` (`settings_env`: more BASTION_* settings)."""
+    """A fresh deployment on `backend`: its own databases (SQLite files under `workdir`,
+    or three new PostgreSQL databases, dropped after), no workflow rules or scoring
+    model unless `extra` names them."""
     environ = {
         "BASTION_HOME": str(workdir),
         "BASTION_CONFIG": str(workdir / "empty.toml"),
         "BASTION_POLICIES": str(POLICIES),
         "BASTION_LOG_LEVEL": "error",
         "BASTION_SECRET_KEY": "benchmark-secret-0123456789abcdef0123456789",
-        **(settings_env or {}),
+        "BASTION_AUTOMATION_WORKFLOWS": str(workdir / "no-workflows"),
+        "BASTION_AUTOMATION_SCORING": str(workdir / "no-scoring"),
+        **(extra or {}),
     }
     (workdir / "empty.toml").write_text("")
     dropped: list[str] = []

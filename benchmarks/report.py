@@ -83,6 +83,11 @@ BENCHMARKS = (
         ("benchmarks.console",),
     ),
     Benchmark(
+        "events",
+        "Activity events ingested/s with workflow rules and lead scoring on vs automation off",
+        ("benchmarks.events", "--events", "20000", "--leads", "1000", "--workers", "2"),
+    ),
+    Benchmark(
         "soak",
         "Concurrency: 48 clients, 2 uvicorn workers, 60 s, then every write accounted for",
         ("benchmarks.soak", "--clients", "48", "--duration", "60", "--workers", "2"),

@@ -257,3 +257,29 @@ def write_policy(
     path = directory / "policy.csv"
     path.write_text("\n".join([*lines, *append]) + "\n")
     return path
+
+
+# -- automation -----------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# A test module's SETTINGS_ENV for automation: the repository's own rules and scoring
+# model, jobs run by the test (not the app's thread), webhooks to 127.0.0.1 allowed.
+AUTOMATION_ENV = {
+    "BASTION_DSR_IN_PROCESS": "false",
+    "BASTION_AUTOMATION_WORKFLOWS": str(REPO_ROOT / "workflows"),
+    "BASTION_AUTOMATION_SCORING": str(REPO_ROOT / "scoring"),
+    "BASTION_WEBHOOKS_ALLOW_NETWORKS": "127.0.0.1/32",
+}
+
+
+def drain(state: State, *, passes: int = 20) -> dict[str, int]:
+    """Run every queue until none has work left; the jobs run, per queue."""
+    total: dict[str, int] = {}
+    for _ in range(passes):
+        ran = state.jobs.run_once()
+        for name, count in ran.items():
+            total[name] = total.get(name, 0) + count
+        if not any(ran.values()):
+            return total
+    raise AssertionError(f"the queues still had work after {passes} passes: {total}")

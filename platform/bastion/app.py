@@ -15,10 +15,14 @@ from starlette.middleware import Middleware
 
 from bastion.api import analytics as analytics_api
 from bastion.api import audit, docs, dsr, openapi, policy, records, system
+from bastion.api import automation as automation_api
 from bastion.api import duplicates as duplicates_api
+from bastion.api import events as events_api
 from bastion.api import export as export_api
 from bastion.api import imports as imports_api
 from bastion.api import merges as merges_api
+from bastion.api import scoring as scoring_api
+from bastion.api import webhooks as webhooks_api
 from bastion.api.limits import RateLimit
 from bastion.api.middleware import RequestContext
 from bastion.api.problems import on_bastion_error, on_http_exception
@@ -41,13 +45,14 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
         app.state.bastion.audit.start()
         # Follows the policy version activated in the control database (hot reload).
         app.state.bastion.policy_watcher.start()
-        # Data subjects' requests: run here on the embedded default, else by `bastion worker`.
+        # Background jobs (data subjects' requests, automation): run here on the
+        # embedded default, else by `bastion worker`.
         if app.state.bastion.runs_jobs_in_process:
-            app.state.bastion.dsr_jobs.start()
+            app.state.bastion.jobs.start()
         try:
             yield
         finally:
-            app.state.bastion.dsr_jobs.stop()
+            app.state.bastion.jobs.stop()
             app.state.bastion.policy_watcher.stop()
             app.state.bastion.audit.stop()
             if owned:
@@ -67,6 +72,10 @@ def create_app(settings: Settings, *, state: State | None = None) -> Starlette:
             *export_api.routes,
             *imports_api.routes,
             *merges_api.routes,
+            *events_api.routes,
+            *scoring_api.routes,
+            *webhooks_api.routes,
+            *automation_api.routes,
             *console_routes(),
             *records.routes,
         ],

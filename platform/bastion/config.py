@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from bastion.analytics.settings import AnalyticsSettings
 from bastion.api.limits import LimitSettings
 from bastion.audit.settings import AuditSettings
+from bastion.automation.settings import AutomationSettings, WebhookSettings
 from bastion.bulk.settings import ImportSettings
 from bastion.console.settings import ConsoleSettings
 from bastion.crypto.settings import KeySettings
@@ -87,6 +88,8 @@ class Settings(BaseModel):
     imports: ImportSettings = Field(default_factory=ImportSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     console: ConsoleSettings = Field(default_factory=ConsoleSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     generated_secret: bool = False
 
     @field_validator("regions")
@@ -135,6 +138,8 @@ class _FileConfig(BaseModel):
     imports: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
     console: dict[str, Any] | None = None
+    automation: dict[str, Any] | None = None
+    webhooks: dict[str, Any] | None = None
 
 
 def _read_file(path: Path) -> _FileConfig:
@@ -294,6 +299,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     console = _section("console", ConsoleSettings, file.console, env)
     assert isinstance(console, ConsoleSettings)
     values["console"] = console
+    values["automation"] = _section("automation", AutomationSettings, file.automation, env)
+    values["webhooks"] = _section("webhooks", WebhookSettings, file.webhooks, env)
 
     secret = env.get("BASTION_SECRET_KEY") or file.secret_key
     mode = values.get("mode", "development")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bastion.analytics.tables
 import bastion.audit.tables
+import bastion.automation.tables
 import bastion.bulk.tables
 import bastion.crypto.tables
 import bastion.dsr.tables

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bastion.analytics.service import PipelineAnalytics
 from bastion.audit import AuditLog, key_ring
+from bastion.automation.service import Automation
 from bastion.bulk.imports import Importer
 from bastion.clock import Clock, SystemClock
 from bastion.config import Settings
@@ -29,6 +30,7 @@ from bastion.dsr.holds import LegalHolds, preservation
 from bastion.dsr.jobs import DsrRunner
 from bastion.dsr.service import DsrService
 from bastion.errors import RegionUnavailable
+from bastion.jobs.runner import JobRunner
 from bastion.policy.engine import Policy, PolicySource
 from bastion.policy.lint import Finding, checked_policy
 from bastion.policy.store import PolicyChange, PolicyStore, PolicyWatcher
@@ -58,6 +60,8 @@ class State:
     audit: AuditLog = field(init=False)
     dsr: DsrService = field(init=False)
     dsr_jobs: DsrRunner = field(init=False)
+    automation: Automation = field(init=False)
+    jobs: JobRunner = field(init=False)
     duplicates: DuplicateService = field(init=False)
     merges: MergeService = field(init=False)
     imports: Importer = field(init=False)
@@ -112,6 +116,7 @@ class State:
             pipeline=self.records, regions=self.regions, settings=self.settings.analytics
         )
 
+        worker_id = f"{socket.gethostname()}:{os.getpid()}"[:64]
         self.dsr_jobs = DsrRunner(
             regions=self.regions,
             keys=self.keys,
@@ -120,7 +125,7 @@ class State:
             clock=self.clock,
             settings=self.settings.dsr,
             policy=lambda: self.policy,
-            worker_id=f"{socket.gethostname()}:{os.getpid()}"[:64],
+            worker_id=worker_id,
             failpoints=self.settings.mode != "production",
         )
         gate = Gate(
@@ -130,6 +135,23 @@ class State:
             policy=lambda: self.policy,
         )
         cursors = CursorCodec(self.settings.secret_key.get_secret_value().encode())
+        self.automation = Automation(
+            settings=self.settings,
+            records=self.records,
+            tokens=self.tokens,
+            gate=gate,
+            clock=self.clock,
+            policy=lambda: self.policy,
+            cursors=cursors,
+            worker_id=worker_id,
+            fingerprint_key=derived_key(self.settings, b"bastion activity event fingerprint v1"),
+        )
+        # One runner for every background job: data subjects' requests and automation.
+        self.jobs = JobRunner(
+            regions=self.regions,
+            queues=[self.dsr_jobs, *self.automation.queues],
+            poll_seconds=self.settings.dsr.poll_seconds,
+        )
         self.dsr = DsrService(
             regions=self.regions,
             keys=self.keys,
@@ -138,7 +160,7 @@ class State:
             gate=gate,
             settings=self.settings.dsr,
             cursors=cursors,
-            wake=self.dsr_jobs.wake,
+            wake=self.jobs.wake,
         )
         self.records.preservation = preservation(self.clock)
         self.imports = Importer(
@@ -205,7 +227,8 @@ class State:
 
     @property
     def runs_jobs_in_process(self) -> bool:
-        """Whether this process runs data subjects' requests itself (see DsrSettings)."""
+        """Whether this process runs background jobs itself — data subjects' requests
+        and automation (see DsrSettings.in_process)."""
         if self.settings.dsr.in_process is not None:
             return self.settings.dsr.in_process
         urls = [
@@ -215,7 +238,8 @@ class State:
         return all(url.get_backend_name() == "sqlite" for url in urls)
 
     def close(self) -> None:
-        self.dsr_jobs.stop()
+        self.jobs.stop()
+        self.automation.close()
         self.policy_watcher.stop()
         self.audit.close()
         self.keys.close()

@@ -115,3 +115,40 @@ def test_production_mode_refuses_the_generated_secret(env: dict[str, str]) -> No
     result = CliRunner().invoke(main, ["migrate"], env={**env, "BASTION_MODE": "production"})
     assert result.exit_code != 0
     assert "secret_key" in result.output
+
+
+def test_workflows_test_and_check_pass_on_the_shipped_rules_and_name_what_is_wrong(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **env,
+        "BASTION_AUTOMATION_WORKFLOWS": str(REPO / "workflows"),
+        "BASTION_AUTOMATION_SCORING": str(REPO / "scoring"),
+    }
+    assert "13 cases of 4 rules: 13 passed" in _run(env, "workflows", "test")
+    assert "4 rule(s), scoring model fit-and-engagement: 0 problem(s)" in _run(
+        env, "workflows", "check"
+    )
+    broken = tmp_path / "broken"
+    (broken / "tests").mkdir(parents=True)
+    (broken / "rules.yaml").write_text(
+        "rules:\n  - {id: x, entity: cases, trigger: {on: time, after: soon}, "
+        "actions: [{escalate: priority}]}\n"
+    )
+    result = CliRunner().invoke(main, ["workflows", "test", "--dir", str(broken)], env=env)
+    assert result.exit_code == 1
+    assert "rules.yaml: rule 'x': trigger.after: must be a duration" in result.output
+    assert "Traceback" not in result.output
+    failing = tmp_path / "failing"
+    (failing / "tests").mkdir(parents=True)
+    (failing / "rules.yaml").write_text((REPO / "workflows" / "service.yaml").read_text())
+    (failing / "tests" / "cases.yaml").write_text(
+        "cases:\n  - {name: wrong, rule: escalate-stale-cases, event: {kind: timer}, "
+        "record: {status: closed}, expect: {fires: true}}\n"
+    )
+    result = CliRunner().invoke(main, ["workflows", "test", "--dir", str(failing)], env=env)
+    assert result.exit_code == 1
+    assert (
+        "FAILED cases.yaml::cases[0]: rule escalate-stale-cases: expected fired, got not_matched"
+        in result.output
+    )

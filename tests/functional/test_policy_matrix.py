@@ -288,7 +288,8 @@ def _refs(fx: Fixture) -> dict[str, str]:
     team, owned by it: readable for every role that may read the entity at all)."""
     placement = {"owner_id": fx.me.id, "team_id": "t1", "region": fx.region}
     refs = {}
-    for entity in ("accounts", "contacts"):
+    # Every entity a ref field can name (an activity links to any of these).
+    for entity in ("accounts", "contacts", "leads", "opportunities"):
         body = {
             **body_for(fx.client, entity, fx.admin, fx.region),
             **unique_identifiers(entity),

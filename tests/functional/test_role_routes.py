@@ -38,6 +38,7 @@ ROLES = (
     "auditor",
     "security_admin",
     "dsr_processor",
+    "automation",
 )
 CANARY = "zqroutecanary"
 

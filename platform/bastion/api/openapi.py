@@ -18,12 +18,16 @@ from starlette.routing import Route
 import bastion
 from bastion.api import analytics as analytics_api
 from bastion.api import audit as audit_api
+from bastion.api import automation as automation_api
 from bastion.api import dsr as dsr_api
 from bastion.api import duplicates as duplicates_api
+from bastion.api import events as events_api
 from bastion.api import export as export_api
 from bastion.api import imports as imports_api
 from bastion.api import merges as merges_api
 from bastion.api import policy as policy_api
+from bastion.api import scoring as scoring_api
+from bastion.api import webhooks as webhooks_api
 from bastion.api.auth import authenticate, state_of
 from bastion.api.bodies import components, json_response
 from bastion.api.openapi_tailor import tailored
@@ -446,6 +450,10 @@ def openapi_document() -> dict[str, Any]:
     paths.update(dsr_api.openapi_paths(_PROBLEM))
     paths.update(imports_api.openapi_paths(_PROBLEM))
     paths.update(merges_api.openapi_paths(_PROBLEM))
+    paths.update(events_api.openapi_paths(_PROBLEM, max_events=500))
+    paths.update(scoring_api.openapi_paths(_PROBLEM))
+    paths.update(webhooks_api.openapi_paths(_PROBLEM))
+    paths.update(automation_api.openapi_paths(_PROBLEM))
     paths["/v1/me"] = {
         "get": {
             "operationId": "me",

@@ -71,6 +71,8 @@ def tailored(document: dict[str, Any], policy: Policy, principal: Principal) -> 
         _keep(paths, f"/v1/{name}/export", {"get": "export"}, allowed)
         _keep(paths, f"/v1/{name}/{{id}}/duplicates", {"get": "read"}, allowed)
         _keep(paths, f"/v1/{name}/merge", {"post": "merge"}, allowed)
+        _keep(paths, f"/v1/{name}/{{id}}/events", {"get": "read"}, allowed)
+        _keep(paths, f"/v1/{name}/{{id}}/score", {"get": "read"}, allowed)
         exporting = paths.get(f"/v1/{name}/export", {}).get("get")
         if exporting is not None:
             _tailor_export(exporting, granted)
@@ -142,6 +144,19 @@ _CROSS_ENTITY = {
     "/v1/merges/{merge_id}": ("merge",),
     "/v1/merges/{merge_id}/undo": ("merge",),
     "/v1/analytics/pipeline": ("analytics:read",),
+    "/v1/events": ("events:create",),
+    "/v1/leads/{id}/events": ("events:read",),
+    "/v1/contacts/{id}/events": ("events:read",),
+    "/v1/automation/runs": ("automation:read",),
+    **{
+        path: tuple(f"webhooks:{action}" for action in ("read", "create", "delete", "replay"))
+        for path in (
+            "/v1/webhooks",
+            "/v1/webhooks/{subscription_id}",
+            "/v1/webhooks/{subscription_id}/deliveries",
+            "/v1/webhooks/{subscription_id}/deliveries/{delivery_id}/replay",
+        )
+    },
 }
 
 

@@ -5,6 +5,7 @@ echo its value."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.requests import Request
 
@@ -53,6 +54,11 @@ def integer(params: dict[str, str], name: str, low: int, high: int) -> int | Non
     if not _DIGITS.fullmatch(value) or not low <= int(value) <= high:
         raise invalid(name, f"must be an integer from {low} to {high}")
     return int(value)
+
+
+def paging(params: dict[str, str], default: int = 50) -> dict[str, Any]:
+    """`limit` (1-200, default `default`) and `cursor` of a list, as keyword arguments."""
+    return {"limit": integer(params, "limit", 1, 200) or default, "cursor": params.get("cursor")}
 
 
 def flag(params: dict[str, str], name: str) -> bool:

@@ -58,7 +58,7 @@ from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES, EntitySpec, FieldSpec
 from bastion.crm.codec import from_plaintext
 from bastion.crm.cursors import CursorCodec, Position
-from bastion.crm.pipeline import entity_spec
+from bastion.crm.pipeline import Change, entity_spec
 from bastion.crm.schemas import validate_patch
 from bastion.crm.service import RecordService
 from bastion.crm.tables import ENTITY_TABLES
@@ -484,6 +484,12 @@ class Importer:
         conn.execute(insert(table), [{**columns, **record} for record in stored])
         for record in stored:
             stages.record_created(conn, spec.name, record["id"], region, record, now)
+        changes = []
+        for row, record_id in zip(rows, ids, strict=True):
+            values = row.values or {}
+            written = tuple(sorted(name for name, value in values.items() if value is not None))
+            changes.append(Change(region, spec, record_id, "created", written, None, values, now))
+        records.changes(conn, job.caller, changes)
         return ids
 
     # -- the run's row -------------------------------------------------------------

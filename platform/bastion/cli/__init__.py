@@ -10,6 +10,7 @@ from bastion.cli.main import main
 from bastion.cli.merges import merges
 from bastion.cli.policy import policy
 from bastion.cli.rekey import rotate_dek
+from bastion.cli.workflows import workflows
 
 main.add_command(audit)
 main.add_command(dedup)
@@ -21,5 +22,6 @@ main.add_command(keys)
 main.add_command(merges)
 keys.add_command(rotate_dek)
 main.add_command(policy)
+main.add_command(workflows)
 
 __all__ = ["main"]

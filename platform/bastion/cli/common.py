@@ -11,6 +11,8 @@ import click
 import structlog
 
 from bastion import migrate as migrations
+from bastion.automation.rules import WorkflowError
+from bastion.automation.scoring import ScoringError
 from bastion.config import ConfigError, Settings, load_settings
 from bastion.errors import BastionError
 from bastion.logs import configure_logging
@@ -58,7 +60,7 @@ def open_state(settings: Settings) -> Iterator[State]:
         migrations.migrate_all(settings)
     try:
         state = build_state(settings, activate_policy_files=False)
-    except PolicyError as exc:
+    except (PolicyError, WorkflowError, ScoringError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         yield state

@@ -351,14 +351,19 @@ def release_hold(acting_as: str, hold_id: str) -> None:
 @click.command()
 @click.option("--once", is_flag=True, help="Run what is waiting, then exit.")
 def worker(once: bool) -> None:
-    """Run data subjects' requests (any number of workers may run side by side)."""
+    """Run background jobs: data subjects' requests and automation (rules, timers,
+    scoring, webhook deliveries). Any number of workers may run side by side."""
     settings = cli_settings()
     with open_state(settings) as state:
-        runner = state.dsr_jobs
+        runner = state.jobs
         if once:
-            click.echo(f"ran {runner.run_once()} request(s)")
+            counts = runner.run_once()
+            others = ", ".join(f"{name} {n}" for name, n in counts.items() if name != "dsr")
+            click.echo(f"automation jobs run: {others}")
+            # Last, alone on its line: what scripts (and the crash tests) read.
+            click.echo(f"ran {counts['dsr']} request(s)")
             return
-        click.echo(f"worker {runner.worker_id} running; Ctrl-C to stop")
+        click.echo(f"worker {state.dsr_jobs.worker_id} running; Ctrl-C to stop")
         try:
             while True:
                 runner.run_once()

@@ -79,6 +79,29 @@ class Recorder:
             details=details,
         )
 
+    def record(
+        self,
+        conn: Connection,
+        region: str,
+        caller: Caller,
+        policy_version: str,
+        *,
+        action: str,
+        entity: str,
+        record_ids: Iterable[str] = (),
+        details: Mapping[str, DetailValue] | None = None,
+    ) -> None:
+        """`event` then `append`: an allowed action of `caller`, in the transaction."""
+        event = self.event(
+            caller,
+            policy_version,
+            action=action,
+            entity=entity,
+            record_ids=record_ids,
+            details=details,
+        )
+        self.append(conn, region, event)
+
     def append(self, conn: Connection, region: str, event: AuditEvent) -> None:
         """Append in the caller's transaction on `region`'s database. If the log cannot
         take the event, the request fails with 503 and its transaction (the write

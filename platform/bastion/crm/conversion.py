@@ -19,7 +19,7 @@ from bastion.analytics import stages
 from bastion.crm import repository
 from bastion.crm.access import Access
 from bastion.crm.catalog import ENTITIES, EntitySpec
-from bastion.crm.pipeline import MergedRecord, not_found, stale
+from bastion.crm.pipeline import Change, MergedRecord, not_found, stale
 from bastion.crm.records import Record, parse_if_match, to_json_value
 from bastion.crm.schemas import validate_create
 from bastion.errors import Conflict, FieldError, ValidationFailed
@@ -93,6 +93,8 @@ def _convert(
     database = pipeline.database(region)
     now = pipeline.now()
 
+    changes: list[Change] = []
+
     def make(
         conn: Connection, spec: EntitySpec, values: dict[str, Any], written: list[str], label: str
     ) -> str:
@@ -101,6 +103,8 @@ def _convert(
         record_id = str(RecordId.new(spec.prefix, region, now))
         pipeline.insert(conn, spec, record_id, region, now, values)
         stages.record_created(conn, spec.name, record_id, region, values, now)
+        set_fields = tuple(sorted(name for name, value in values.items() if value is not None))
+        changes.append(Change(region, spec, record_id, "created", set_fields, None, values, now))
         return record_id
 
     with pipeline.write(database, "a record the conversion links to no longer exists") as conn:
@@ -161,20 +165,24 @@ def _convert(
                 if opportunity.get(name) is None:
                     opportunity[name] = value
             opportunity_id = make(conn, OPPORTUNITIES, opportunity, list(given), "opportunity.")
+        converted = {
+            "status": "converted",
+            "converted_at": now,
+            "converted_contact_id": contact_id,
+            "converted_account_id": account_id,
+            "converted_opportunity_id": opportunity_id,
+        }
         repository.update_record(
             conn,
             LEADS,
             lead_id,
             expected_version=lead["version"],
-            values={
-                "status": "converted",
-                "converted_at": now,
-                "converted_contact_id": contact_id,
-                "converted_account_id": account_id,
-                "converted_opportunity_id": opportunity_id,
-                "updated_at": now,
-            },
+            values={**converted, "updated_at": now},
         )
+        changed = tuple(sorted(converted))
+        after = {**stored_lead, **converted}
+        changes.append(Change(region, LEADS, lead_id, "updated", changed, stored_lead, after, now))
+        pipeline.changes(conn, caller, changes)
         made = [r for r in (contact_id, account_id, opportunity_id) if r is not None]
         pipeline.recorder.append(
             conn,

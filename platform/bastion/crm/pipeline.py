@@ -19,8 +19,9 @@ on `Pipeline`, so the steps run the same way, in the same order, everywhere:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -64,6 +65,39 @@ Preservation = Callable[[Connection, EntitySpec, Mapping[str, Any]], Preserved |
 
 
 def _nothing_preserved(conn: Connection, spec: EntitySpec, stored: Mapping[str, Any]) -> None:
+    return None
+
+
+ChangeKind = Literal["created", "updated", "deleted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A record written, as the change feed hears of it inside the write's transaction.
+
+    `fields` names what the write set. `before` is the stored row before an update or
+    delete (encrypted fields still sealed); `after` the record's values after a create
+    or update — where the write changed an encrypted field, its new value is in the
+    clear there, so a feed must copy out only what it may keep (`automation.feed`
+    keeps plain, non-personal fields alone)."""
+
+    region: str
+    spec: EntitySpec
+    record_id: str
+    kind: ChangeKind
+    fields: tuple[str, ...]
+    before: Mapping[str, Any] | None
+    after: Mapping[str, Any]
+    at: datetime
+
+
+# Hears every record write in the write's own transaction (so what it writes commits
+# with the change or not at all). Automation sets `Pipeline.changes`
+# (`automation.feed.ChangeFeed`); on its own the pipeline tells nobody.
+ChangeFeed = Callable[[Connection, Caller, Sequence[Change]], None]
+
+
+def _nobody_listens(conn: Connection, caller: Caller, changes: Sequence[Change]) -> None:
     return None
 
 
@@ -122,6 +156,7 @@ class Pipeline:
         self.codec = RecordCodec(keys)
         self.recorder = Recorder(clock, audit_notify)
         self.preservation: Preservation = _nothing_preserved
+        self.changes: ChangeFeed = _nobody_listens
 
     def access(self, principal: Principal) -> Access:
         """The caller's rights under the policy in force now (fixed for the call)."""

@@ -126,6 +126,26 @@ def exists(
     return conn.execute(query).first() is not None
 
 
+def existing(
+    conn: Connection,
+    spec: EntitySpec,
+    record_ids: Sequence[str],
+    *,
+    scope: ColumnElement[bool] | None = None,
+) -> set[str]:
+    """Which of `record_ids` are live records inside `scope` (one query per 500)."""
+    table = ENTITY_TABLES[spec.name]
+    found: set[str] = set()
+    for start in range(0, len(record_ids), 500):
+        query = select(table.c.id).where(
+            table.c.id.in_(list(record_ids[start : start + 500])), *live(table)
+        )
+        if scope is not None:
+            query = query.where(scope)
+        found.update(str(i) for i in conn.execute(query).scalars())
+    return found
+
+
 def list_records(
     conn: Connection,
     spec: EntitySpec,

@@ -32,6 +32,7 @@ from bastion.crm.listing import (
     parse_sort,
 )
 from bastion.crm.pipeline import (
+    Change,
     MergedRecord,
     MovedToSurvivor,
     Pipeline,
@@ -56,7 +57,12 @@ from bastion.principals.tokens import Principal
 from bastion.residency.databases import Database, Regions
 from bastion.residency.ids import RecordId
 
-__all__ = ["Created", "ListQuery", "Page", "RecordService"]
+__all__ = ["Created", "ListQuery", "Page", "RecordService", "WithWrite"]
+
+# Work that must commit with a write or not at all (automation records that it made
+# this change): run in the write's transaction, after the write, with the record as
+# the caller sees it.
+WithWrite = Callable[[Connection, Record], None]
 
 _GONE = "the record references a record that no longer exists"
 _CANDIDATES = 100
@@ -327,6 +333,7 @@ class RecordService(Pipeline):
         *,
         idempotency_key: str | None = None,
         allow_duplicate: bool = False,
+        also: WithWrite | None = None,
     ) -> Created:
         spec = entity_spec(entity)
         fields = dict(body)
@@ -359,6 +366,8 @@ class RecordService(Pipeline):
                 record = self._insert_new(
                     conn, caller, access, database, spec, region, values, indexes=indexes
                 )
+                if also is not None:
+                    also(conn, record)
                 if idempotency_key is not None:
                     idempotency.remember(
                         conn,
@@ -412,6 +421,11 @@ class RecordService(Pipeline):
                 fields=written,
             ),
         )
+        self.changes(
+            conn,
+            caller,
+            [Change(region, spec, record_id, "created", tuple(written), None, values, now)],
+        )
         # The values just written, as the caller may see them: no need to read back and
         # decrypt what this request holds in the clear already.
         written_values = {
@@ -447,6 +461,7 @@ class RecordService(Pipeline):
         body: Mapping[str, Any],
         *,
         if_match: str | None,
+        also: WithWrite | None = None,
     ) -> Record:
         spec = entity_spec(entity)
         rid = self.route(caller.principal, spec, record_id)
@@ -499,9 +514,23 @@ class RecordService(Pipeline):
                         details={"version": int(stored["version"]) + 1},
                     ),
                 )
+                change = Change(
+                    rid.region,
+                    spec,
+                    record_id,
+                    "updated",
+                    tuple(sorted(changes)),
+                    stored,
+                    proposed,
+                    columns["updated_at"],
+                )
+                self.changes(conn, caller, [change])
                 updated = self.fetch(conn, database, spec, record_id)
                 assert updated is not None
-                return self.show(conn, access, rid.region, spec, updated)
+                shown = self.show(conn, access, rid.region, spec, updated)
+                if also is not None:
+                    also(conn, shown)
+                return shown
 
     def delete(self, caller: Caller, entity: str, record_id: str, *, if_match: str | None) -> None:
         spec = entity_spec(entity)
@@ -538,6 +567,8 @@ class RecordService(Pipeline):
                         record_ids=[record_id],
                     ),
                 )
+                gone = Change(rid.region, spec, record_id, "deleted", (), stored, {}, self.now())
+                self.changes(conn, caller, [gone])
 
     def _fetch_writable(
         self,

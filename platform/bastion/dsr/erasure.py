@@ -36,6 +36,8 @@ from typing import Any, Literal
 from sqlalchemy import Connection, delete, or_, select, update
 from typing_extensions import TypedDict
 
+from bastion.automation import repository as automation
+from bastion.automation import webhook_repository as webhooks
 from bastion.crm.catalog import ENTITIES, EntitySpec
 from bastion.crm.codec import KEPT_PREFIX
 from bastion.crm.tables import ENTITY_TABLES, import_rows
@@ -259,6 +261,7 @@ def delete_records(conn: Connection, decisions: list[Decision]) -> list[str]:
             if present:
                 conn.execute(delete(table).where(table.c.id.in_(present)))
                 forget_imported(conn, present)
+                forget_automation(conn, present)
                 deleted += [str(i) for i in present]
     return deleted
 
@@ -306,4 +309,14 @@ def shell(conn: Connection, decisions: list[Decision], now: datetime) -> tuple[l
         conn.execute(update(table).where(table.c.id == decision.record_id).values(**columns))
         shelled.append(decision.record_id)
     forget_imported(conn, shelled)
+    forget_automation(conn, shelled)
     return shelled, indexes
+
+
+def forget_automation(conn: Connection, record_ids: Sequence[str]) -> None:
+    """What automation keeps about erased records: the person's activity events and
+    scores, timers, queued events and run records about them, webhook deliveries and
+    their log. (The audit log keeps its pseudonymous trail.)"""
+    if record_ids:
+        automation.forget_subjects(conn, record_ids)
+        webhooks.forget_records(conn, record_ids)

@@ -1,5 +1,6 @@
-"""What every operation on requests and legal holds goes through first: the caller's
-region, the policy's decision on the `dsr` or `legal_holds` resource (a refusal is
+"""What every operation on a system resource of a region goes through first (data
+subjects' requests, legal holds, activity events, webhook subscriptions, automation
+runs): the caller's region, the policy's decision on the resource (a refusal is
 audited in the region asked about), and routing an id to its region."""
 
 from __future__ import annotations
@@ -18,7 +19,14 @@ from bastion.principals.caller import Caller
 from bastion.residency.databases import Regions
 from bastion.residency.ids import InvalidId, RecordId
 
-_EVENT_PREFIX = {"dsr": "dsr", "legal_holds": "hold"}
+# The audit action prefix of each resource's operations (`hold.create`, `webhook.read`).
+_EVENT_PREFIX = {
+    "dsr": "dsr",
+    "legal_holds": "hold",
+    "events": "events",
+    "webhooks": "webhook",
+    "automation": "automation",
+}
 
 
 class Gate:
@@ -122,6 +130,20 @@ class Gate:
         if parsed.region not in caller.principal.regions:
             raise NotFound(f"no {what} has that id in your regions")
         return parsed.region
+
+    def one_region(self, caller: Caller, region: str | None, resource: str, action: str) -> str:
+        """The region a one-region list covers (the one asked for, or the caller's
+        first), allowed by the policy; 422 for an unknown one, 403 without any."""
+        if region is None:
+            if not caller.principal.regions:
+                raise Forbidden("you are not permitted in any region")
+            region = caller.principal.default_region
+        if region not in self._regions:
+            raise ValidationFailed(
+                "invalid request", [FieldError("region", "is not a configured region")]
+            )
+        self.allow(caller, region, resource, action)
+        return region
 
     def listed_regions(
         self, caller: Caller, region: str | None, resource: str, action: str

@@ -1,7 +1,8 @@
 """Running data subjects' requests: claimed, stepped, resumable, never applied twice.
 
-A worker (`bastion worker`, or a thread in the serving process on the embedded
-default) claims an approved request with a lease (PostgreSQL: `FOR UPDATE SKIP
+The job runner (`bastion.jobs.runner`: `bastion worker`, or a thread in the serving
+process on the embedded default) gives this queue each region in turn; it claims an
+approved request with a lease (`bastion.jobs.lease`: PostgreSQL `FOR UPDATE SKIP
 LOCKED`, so any number of workers share the queue), then runs the type's steps in
 order (`model.STEPS`). A step's completion record (a `dsr_steps` row and a
 `dsr.<type>.<step>` audit event) commits with the step's last transaction, and only
@@ -26,16 +27,13 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from bastion.audit import AuditLog
 from bastion.clock import Clock
-from bastion.crm.auditing import AuditUnavailable
 from bastion.crm.service import RecordService
-from bastion.crypto.errors import KeyServiceUnavailable
 from bastion.crypto.keyring import Keyring
 from bastion.dsr import repository as repo
 from bastion.dsr.housekeeping import Housekeeping
@@ -43,19 +41,24 @@ from bastion.dsr.journal import Journal, LeaseLost
 from bastion.dsr.model import RUNNABLE, STEPS
 from bastion.dsr.settings import DsrSettings
 from bastion.dsr.steps import Steps
-from bastion.errors import BastionError, RegionUnavailable
+from bastion.errors import BastionError
+from bastion.jobs.lease import backoff
+from bastion.jobs.runner import TRANSIENT, drain
 from bastion.policy.engine import Policy
 from bastion.residency.databases import Database, Regions
 
 log = structlog.get_logger("bastion.dsr")
 
 MAX_ATTEMPTS = 3
-RETRY_AFTER_SECONDS = 30
-# Failures that say "not now" rather than "never": the request is retried later.
-TRANSIENT = (RegionUnavailable, KeyServiceUnavailable, AuditUnavailable)
+# A request that met a transient failure is retried after 30 s, then 60 s.
+RETRY_BASE_SECONDS = 30
 
 
 class DsrRunner:
+    """The queue of data subjects' requests (a `bastion.jobs.runner.Queue`)."""
+
+    name = "dsr"
+
     def __init__(
         self,
         *,
@@ -95,54 +98,24 @@ class DsrRunner:
         self._housekeeping = Housekeeping(
             journal=self._journal, keys=keys, clock=clock, recorder=records.recorder
         )
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    # -- the loop --------------------------------------------------------------------
+    # -- the queue -------------------------------------------------------------------
 
     def run_once(self) -> int:
         """Claim and run every runnable request of every region; how many ran."""
+        return drain(self._regions, [self], threading.Event())[self.name]
+
+    def run_region(self, database: Database, stop: threading.Event) -> int:
+        """Expire what is due, then claim and run every runnable request of one region."""
+        self._housekeeping.run(database)
         ran = 0
-        for region in self._regions.names:
-            database = self._regions.get(region)
-            try:
-                self._housekeeping.run(database)
-                while not self._stop.is_set():
-                    request_id = self._claim(database)
-                    if request_id is None:
-                        break
-                    self.run(region, request_id)
-                    ran += 1
-            except TRANSIENT:
-                log.warning("dsr_region_unavailable", region=region)  # the others go on
+        while not stop.is_set():
+            request_id = self._claim(database)
+            if request_id is None:
+                break
+            self.run(database.name, request_id)
+            ran += 1
         return ran
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="bastion-dsr", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # the loop must survive a region being down
-                log.error("dsr_loop_failed", error_type=type(exc).__name__)
-            self._wake.wait(self._settings.poll_seconds)
-            self._wake.clear()
 
     def _claim(self, database: Database, request_id: str | None = None) -> str | None:
         now = self._clock.now()
@@ -223,7 +196,8 @@ class DsrRunner:
                 {
                     "progress": progress,
                     "lease_owner": None,
-                    "lease_expires_at": self._clock.now() + timedelta(seconds=RETRY_AFTER_SECONDS),
+                    "lease_expires_at": self._clock.now()
+                    + backoff(attempts, base_seconds=RETRY_BASE_SECONDS, cap_seconds=3600),
                 },
             )
         return "running"

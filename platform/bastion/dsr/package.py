@@ -53,8 +53,10 @@ def build(
     request: dict[str, Any],
     generated_at: datetime,
     policy_version: str,
+    behaviour: list[dict[str, Any]] | None = None,
 ) -> bytes:
-    """The zip for one request, its values decrypted in `conn`'s transaction."""
+    """The zip for one request, its values decrypted in `conn`'s transaction;
+    `behaviour`: the person's activity events (`activity_events.json`, if any)."""
     records: dict[str, list[dict[str, Any]]] = {}
     for item in discovery.items:
         if item.erased:
@@ -66,6 +68,8 @@ def build(
     }
     for entity, rows in sorted(records.items()):
         files[f"{entity}.csv"] = _csv(entity, rows)
+    if behaviour:
+        files["activity_events.json"] = _json(behaviour)
     manifest = {
         "format": "bastion-dsr-package-v1",
         "request": request,

@@ -23,6 +23,7 @@ from bastion.crm.catalog import ENTITIES_BY_PREFIX
 from bastion.crm.tables import ENTITY_TABLES, idempotency_keys
 from bastion.dsr.model import RUNNABLE
 from bastion.dsr.tables import dsr_certificates, dsr_packages, dsr_requests, dsr_steps, legal_holds
+from bastion.jobs import lease
 
 
 def insert_request(conn: Connection, values: Mapping[str, Any]) -> None:
@@ -95,54 +96,32 @@ def claim(
     *,
     request_id: str | None = None,
 ) -> str | None:
-    """Take one runnable request whose lease is free (that one, given `request_id`);
-    None if there is none.
-
-    PostgreSQL: `FOR UPDATE SKIP LOCKED`, so workers never wait on each other and
-    never take the same request. SQLite: the write transaction is the lock.
-    """
-    query = (
-        select(dsr_requests.c.id)
-        .where(
-            dsr_requests.c.status.in_(sorted(RUNNABLE)),
-            or_(dsr_requests.c.lease_expires_at.is_(None), dsr_requests.c.lease_expires_at < now),
-        )
-        .order_by(dsr_requests.c.due_at, dsr_requests.c.id)
-        .limit(1)
-    )
+    """Take one runnable request whose lease is free (that one, given `request_id`),
+    soonest deadline first; None if there is none (`bastion.jobs.lease.claim`)."""
+    ready: list[ColumnElement[bool]] = [dsr_requests.c.status.in_(sorted(RUNNABLE))]
     if request_id is not None:
-        query = query.where(dsr_requests.c.id == request_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    claimed = conn.execute(query).scalar_one_or_none()
-    if claimed is None:
-        return None
-    conn.execute(
-        update(dsr_requests)
-        .where(dsr_requests.c.id == claimed)
-        .values(lease_owner=worker, lease_expires_at=lease_until)
+        ready.append(dsr_requests.c.id == request_id)
+    claimed = lease.claim(
+        conn,
+        dsr_requests,
+        ready=ready,
+        order_by=(dsr_requests.c.due_at, dsr_requests.c.id),
+        worker=worker,
+        now=now,
+        lease_until=lease_until,
     )
-    return str(claimed)
+    return claimed[0] if claimed else None
 
 
 def update_if_leased(
     conn: Connection, request_id: str, worker: str, values: Mapping[str, Any]
 ) -> bool:
     """Update the request if `worker` holds its lease; whether it does."""
-    result = conn.execute(
-        update(dsr_requests)
-        .where(dsr_requests.c.id == request_id, dsr_requests.c.lease_owner == worker)
-        .values(**values)
-    )
-    return result.rowcount == 1
+    return lease.update_if_leased(conn, dsr_requests, request_id, worker, values)
 
 
 def lease_owner(conn: Connection, request_id: str) -> str | None:
-    query = select(dsr_requests.c.lease_owner).where(dsr_requests.c.id == request_id)
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    owner = conn.execute(query).scalar_one_or_none()
-    return None if owner is None else str(owner)
+    return lease.lease_owner(conn, dsr_requests, request_id)
 
 
 def forget_idempotency(conn: Connection, record_ids: Sequence[str]) -> None:

@@ -18,6 +18,7 @@ from typing_extensions import TypedDict
 
 from bastion.audit import AuditLog
 from bastion.audit.chain import head
+from bastion.automation.events import subject_events
 from bastion.clock import Clock
 from bastion.crm.service import RecordService
 from bastion.crypto.envelope import FieldContext
@@ -138,6 +139,7 @@ class Steps:
                 },
                 generated_at=now,
                 policy_version=self._policy().version,
+                behaviour=subject_events(conn, self._keys, region, found.subjects),
             )
             sealed = self._keys.seal(
                 conn, request["id"], data, package_context(region, request["id"])

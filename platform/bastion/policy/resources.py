@@ -35,6 +35,14 @@ SYSTEM_RESOURCES: Mapping[str, tuple[str, ...]] = {
     # opportunities sees figures over its list scope; a role with only this grant sees
     # them over this grant's scope, with groups smaller than k suppressed.
     "analytics": ("read",),
+    # Behaviour events of leads and contacts: send them (`POST /v1/events`), read a
+    # person's timeline (which also needs read on the person).
+    "events": ("create", "read"),
+    # Webhook subscriptions of a region: list and read them with their delivery log,
+    # make and delete them, replay a delivery.
+    "webhooks": ("read", "create", "delete", "replay"),
+    # The automation run record: what each workflow rule decided, why, and what it did.
+    "automation": ("read",),
 }
 # The entity pipeline analytics aggregates.
 ANALYTICS_ENTITY = "opportunities"

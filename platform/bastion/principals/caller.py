@@ -9,13 +9,26 @@ from bastion.principals.tokens import Principal
 
 
 @dataclass(frozen=True, slots=True)
+class Cause:
+    """Why an automated caller acts: the automation event it answers, the rule (or
+    `scoring`) acting, and how many automated changes led here. A change made with a
+    cause carries it on, one level deeper, so automation can bound its own chains."""
+
+    event_id: str
+    rule: str
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
 class Caller:
     """A principal making one request. `request_id` and `client_address` go into the
-    audit events the request causes; jobs and the CLI leave them empty."""
+    audit events the request causes; jobs and the CLI leave them empty. `cause` is
+    set only when automation acts."""
 
     principal: Principal
     request_id: str | None = None
     client_address: str | None = None
+    cause: Cause | None = None
 
     @classmethod
     def of(

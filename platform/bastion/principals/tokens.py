@@ -333,6 +333,27 @@ class TokenService:
             raise Unauthenticated(f"principal {name!r} is disabled")
         return self.principal_of(row)
 
+    def principal_by_id(self, principal_id: str) -> Principal | None:
+        """The enabled principal with this id, as it is now (roles, regions and teams
+        may have changed since it did something); None if there is none or it is
+        disabled. Webhooks render payloads through their owner's current rights."""
+        with self._control.transaction() as conn:
+            row = conn.execute(
+                select(principals).where(principals.c.id == principal_id)
+            ).one_or_none()
+        return None if row is None or row.disabled else self.principal_of(row)
+
+    def team_members(self, team: str, region: str) -> list[str]:
+        """Ids of the enabled principals of `team` that may work in `region`, in id
+        order (the pool a round-robin assignment takes turns over)."""
+        with self._control.transaction() as conn:
+            rows = conn.execute(
+                select(principals.c.id, principals.c.teams, principals.c.regions)
+                .where(principals.c.disabled.is_(False))
+                .order_by(principals.c.id)
+            ).all()
+        return [str(r.id) for r in rows if team in (r.teams or []) and region in (r.regions or [])]
+
     def principal_of(self, row: Any) -> Principal:
         """A `principals` row as a `Principal`, keeping only regions still configured."""
         return Principal(

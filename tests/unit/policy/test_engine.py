@@ -31,6 +31,7 @@ DEFAULT_ROLES = {
     "security_admin",
     "dsr_processor",  # what jobs of data subjects' requests act as
     "analyst",  # pipeline figures only
+    "automation",  # what workflow rules, scoring and webhooks act as
 }
 
 

@@ -1,0 +1,1 @@
+"""Background jobs: leased rows in region databases, and the runner that works them."""
