@@ -16,8 +16,9 @@ columns (`<field>_bidx`), never writes them from a request body and leaves them
 out of its responses.
 
 The engine settings deliberately match `bastion.residency.databases` (SQLite: WAL,
-`synchronous=NORMAL`, a busy timeout and `BEGIN IMMEDIATE` for writes; PostgreSQL:
-pre-ping; the same pool size), so the ratio measures the pipeline and not a
+`synchronous=NORMAL`, checkpoints every ~40 MB, a busy timeout and `BEGIN IMMEDIATE`
+for writes; PostgreSQL: a ping of connections idle for over a second; the same pool
+size), so the ratio measures the pipeline and not a
 different database configuration.
 
 Ids have Bastion's format (`con_<region>_<26 base32 chars of a UUIDv7>`): like
@@ -48,6 +49,7 @@ from starlette.routing import Route
 
 from bastion.crm.catalog import ENTITIES
 from bastion.crm.tables import ENTITY_TABLES
+from bastion.residency.databases import ping_idle_connections
 
 CONTACTS = ENTITY_TABLES["contacts"]
 _ENCRYPTED = frozenset(f.name for f in ENTITIES["contacts"].encrypted_fields)
@@ -82,14 +84,15 @@ def new_id(prefix: str, region: str) -> str:
 def create_engine_like_bastion(url: str, pool_size: int, timeout: int = 3) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(
+        engine = create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_timeout=timeout,
-            pool_pre_ping=True,
             connect_args={"connect_timeout": timeout},
         )
+        ping_idle_connections(engine)  # Bastion's disconnect handling, the same
+        return engine
     engine = create_engine(
         parsed,
         pool_size=pool_size,
