@@ -1,6 +1,6 @@
 # `make run` and `make test` each work on a fresh machine: they create .venv if it is
-# missing, install the project into it (again whenever pyproject.toml changes), then
-# run or test.
+# missing, install the project into it (again whenever pyproject.toml or constraints.txt
+# changes) with every dependency at the version constraints.txt pins, then run or test.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,10 +10,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # Plain http on 127.0.0.1: the console's session cookie may go without `Secure` there
@@ -50,7 +50,7 @@ fuzz: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
@@ -60,6 +60,17 @@ bench: $(BENCH_STAMP)
 # headless Chromium as the browser tests (apt-get install chromium chromium-driver).
 screenshots: $(STAMP)
 	$(PY) -m docs.screenshots
+
+# Resolve every dependency afresh (the newest releases pyproject.toml allows) in a
+# throwaway virtualenv and pin them in constraints.txt; run `make test` before committing.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,bench]'
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/python -m pip freeze --exclude-editable; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) .bastion .pytest_cache .mypy_cache .ruff_cache
